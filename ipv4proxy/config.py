@@ -1,0 +1,307 @@
+"""The one configuration object: frozen, typed, validated, with the safe defaults embedded.
+
+Sources, highest first: command-line flag > environment variable > YAML file > default.
+Every key has all three spellings, derived from its path in the tree below:
+
+    dialer.connect_timeout   YAML ``dialer: {connect_timeout: 10}``
+                             env  ``IPV4PROXY_DIALER_CONNECT_TIMEOUT=10``
+                             flag ``--dialer-connect-timeout 10``
+
+Lists are YAML sequences, or comma-separated in env and flags. ``listeners`` also takes
+plain ``HOST:PORT`` strings (flag ``--listen``, env ``IPV4PROXY_LISTEN``).
+
+Rules: the tree is made of frozen, slotted dataclasses; a field's ``metadata`` holds its
+help text and its check; unknown keys and bad values raise ConfigError naming the key's
+path and what was expected (``listeners[0].port: expected 0-65535, got 70000``). Each
+default says why it is that number. Nothing here reads files or the environment on its
+own: callers pass the file's text and the environment in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ipv4proxy.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DialerConfig",
+    "LimitsConfig",
+    "Listener",
+    "LogConfig",
+    "ResolverConfig",
+    "env_name",
+    "flag_name",
+    "iter_keys",
+    "load",
+    "parse_hostport",
+]
+
+ENV_PREFIX = "IPV4PROXY_"
+Check = Callable[[Any], str | None]
+
+
+def _setting(default: Any, help: str, check: Check | None = None) -> Any:
+    if isinstance(default, list | tuple) or dataclasses.is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: value, metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number > 0"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "expected 0-65535"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"expected one of {', '.join(choices)}"
+
+    return check
+
+
+def parse_hostport(text: str, *, default_port: int | None = None, key: str = "") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[V6]:PORT``); raises ConfigError naming ``key``."""
+    where = f"{key}: " if key else ""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or (host.count(":") and not host.startswith("[")):
+        if default_port is None:
+            raise ConfigError(f"{where}expected HOST:PORT, got {text!r}")
+        host, port_text = text, str(default_port)
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}expected HOST:PORT with a port of 0-65535, got {text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str = _setting("127.0.0.1", "address to accept clients on (loopback: only this host)")
+    # 3128 is the port every proxy-aware tool guesses first (Squid's).
+    port: int = _setting(3128, "TCP port; 0 picks a free one", _port)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _setting(
+        "info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    nameservers: tuple[str, ...] = _setting(
+        (), "IPv4 DNS servers as IP[:PORT]; empty: the nameservers of resolv_conf"
+    )
+    # Kubernetes pods rely on its search list and ndots.
+    resolv_conf: str = _setting(
+        "/etc/resolv.conf", "resolv.conf to take nameservers, search and ndots from"
+    )
+    hosts_file: str = _setting("/etc/hosts", "hosts file whose IPv4 entries win over DNS")
+    # Resolvers retry UDP after 1-2 s, so 5 s allows a retry on each of two servers.
+    timeout: float = _setting(
+        5.0, "seconds for a whole lookup (every server, every search domain)", _positive
+    )
+    # Even a TTL of 0 is kept this long so a burst of tunnels to one name sends one query.
+    min_ttl: float = _setting(1.0, "shortest time an answer is cached, seconds", _positive)
+    # Long TTLs are cut so a moved service is followed within the hour.
+    max_ttl: float = _setting(3600.0, "longest time an answer is cached, seconds", _positive)
+
+    def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_hostport(s, default_port=53) for s in self.nameservers)
+
+
+@dataclass(frozen=True, slots=True)
+class DialerConfig:
+    # RFC 8305 section 5 recommends 250 ms between connection attempts.
+    attempt_delay: float = _setting(
+        0.25, "seconds before racing the next address (RFC 8305)", _positive
+    )
+    # One budget for every address of a destination: long enough for a slow IPv4 handshake
+    # with SYN retransmits (1 s, 3 s), short enough that a client's own timer rarely fires first.
+    connect_timeout: float = _setting(
+        10.0, "seconds to connect, over all of a destination's addresses", _positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    # Real request heads are under 8 KiB; 32 KiB leaves room for large cookies and tokens.
+    max_head: int = _setting(
+        32 * 1024, "largest HTTP request head or SOCKS request, bytes", _positive
+    )
+    # A client that has not finished its handshake after this long is a slow or idle one.
+    handshake_timeout: float = _setting(
+        10.0, "seconds a client has to send its whole request", _positive
+    )
+
+
+def _nameservers_ok(config: ResolverConfig) -> None:
+    for index, text in enumerate(config.nameservers):
+        host, _ = parse_hostport(text, default_port=53, key=f"resolver.nameservers[{index}]")
+        if ":" in host:
+            raise ConfigError(
+                f"resolver.nameservers[{index}]: {host} is IPv6; this proxy opens IPv4 sockets only"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: tuple[Listener, ...] = _setting((Listener(),), "where clients connect")
+    log: LogConfig = _setting(LogConfig(), "logging")
+    resolver: ResolverConfig = _setting(ResolverConfig(), "A-only name resolution")
+    dialer: DialerConfig = _setting(DialerConfig(), "IPv4 connection racing")
+    limits: LimitsConfig = _setting(LimitsConfig(), "bounds on what a client may send")
+
+
+# -- the generic part: walking the tree --------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def iter_keys(
+    cls: type = Config, prefix: tuple[str, ...] = ()
+) -> typing.Iterator[tuple[tuple[str, ...], Any, dataclasses.Field[Any]]]:
+    """Every leaf key: (path, type, field). ``listeners`` is one leaf (a list)."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            yield from iter_keys(kind, (*prefix, f.name))
+        else:
+            yield (*prefix, f.name), kind, f
+
+
+def env_name(path: Sequence[str]) -> str:
+    return ENV_PREFIX + "_".join(path).upper()
+
+
+def flag_name(path: Sequence[str]) -> str:
+    return "--" + "-".join(path).replace("_", "-")
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Turn a YAML value (or a string from env/flags) into ``kind``; raise ConfigError."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        (item_kind, _) = typing.get_args(kind)
+        items = _split(value) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item, item_kind, f"{where}[{i}]") for i, item in enumerate(items))
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        return _build(kind, value, where)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int or kind is float:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ConfigError(
+                f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+            )
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+    if kind is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported setting type {kind!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if cls is Listener and isinstance(data, str):
+        host, port = parse_hostport(data, key=where)
+        return Listener(host, port)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{path}: unknown key (expected one of {known})")
+        coerced = _coerce(value, hints[key], path)
+        check = fields[key].metadata.get("check")
+        message = check(coerced) if check is not None else None
+        if message:
+            raise ConfigError(f"{path}: {message}, got {value!r}")
+        values[key] = coerced
+    try:
+        return cls(**values)
+    except TypeError as exc:  # pragma: no cover - every field has a default
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _set(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{part}: expected a mapping, got {node!r}")
+        tree = node
+    tree[path[-1]] = value
+
+
+def load(
+    file_text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[tuple[str, ...], str | list[str]] | None = None,
+) -> Config:
+    """Merge file, environment and flags (flags win) into a validated Config.
+
+    ``flags`` maps a key path to the flag's value(s). Raises ConfigError.
+    """
+    tree: dict[str, Any] = {}
+    if file_text:
+        try:
+            loaded = yaml.safe_load(file_text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file: expected a mapping at the top, got {type(loaded).__name__}"
+            )
+        tree = loaded or {}
+    for path, _, _ in iter_keys():
+        name = env_name(path) if path != ("listeners",) else ENV_PREFIX + "LISTEN"
+        if environ is not None and name in environ:
+            _set(tree, path, environ[name])
+    for path, value in (flags or {}).items():
+        _set(tree, path, value)
+    config: Config = _build(Config, tree, "")
+    _nameservers_ok(config.resolver)
+    if not config.listeners:
+        raise ConfigError("listeners: expected at least one listener")
+    return config
