@@ -1,0 +1,152 @@
+"""A-only name resolution: /etc/hosts (IPv4 entries), then DNS, with a TTL cache.
+
+Rules:
+- Only A records are ever asked for; no AAAA query leaves this module, whatever the name.
+- /etc/hosts is read once at start (IPv4 lines only), and wins over DNS, as libc does.
+- resolv.conf gives the nameservers, the search list and ndots (Kubernetes pods rely on
+  ``ndots:5`` and ``svc.cluster.local`` search domains); IPv6 nameservers are skipped so no
+  IPv6 socket is ever opened.
+- Answers are cached for their TTL, clamped to [min_ttl, max_ttl], on an injected monotonic
+  clock; concurrent lookups of one name share one query (the flight is shielded, so one
+  cancelled caller does not cancel the others).
+- Failures are ResolveError with the cause: NXDOMAIN, NODATA (the name exists but has no A
+  record) or DNS_FAILURE (servers failed or timed out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from ipv4proxy.config import ResolverConfig
+from ipv4proxy.errors import Failure, ResolveError
+
+__all__ = ["Resolver", "read_hosts"]
+
+log = logging.getLogger("ipv4proxy.resolver")
+
+Clock = Callable[[], float]
+
+
+def read_hosts(text: str) -> dict[str, tuple[str, ...]]:
+    """Parse hosts(5) text into name -> IPv4 addresses, in file order; IPv6 lines are dropped."""
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            address = ipaddress.IPv4Address(fields[0])
+        except ValueError:
+            continue  # IPv6 (or garbage): never handed to the dialer
+        for name in fields[1:]:
+            addresses = table.setdefault(name.lower().rstrip("."), [])
+            if str(address) not in addresses:
+                addresses.append(str(address))
+    return {name: tuple(addresses) for name, addresses in table.items()}
+
+
+def _load_hosts(path: str) -> dict[str, tuple[str, ...]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return read_hosts(file.read())
+    except OSError as exc:
+        log.warning("hosts file %s not read (%s); DNS only", path, exc.strerror)
+        return {}
+
+
+def _dns_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    try:
+        resolver.read_resolv_conf(config.resolv_conf)
+    except (OSError, dns.resolver.NoResolverConfiguration) as exc:
+        log.warning("resolv.conf %s not usable (%s)", config.resolv_conf, exc)
+    servers: list[str | dns.nameserver.Nameserver] = []
+    if config.nameservers:
+        servers = [
+            dns.nameserver.Do53Nameserver(host, port)
+            for host, port in config.nameserver_addresses()
+        ]
+    else:
+        for server in resolver.nameservers:
+            address = server if isinstance(server, str) else getattr(server, "address", "")
+            if ":" in str(address):
+                log.warning(
+                    "skipping IPv6 nameserver %s: this proxy opens IPv4 sockets only", address
+                )
+            else:
+                servers.append(server)
+    if not servers:
+        log.warning("no IPv4 nameserver configured; only the hosts file and literals resolve")
+    resolver.nameservers = servers
+    resolver.lifetime = config.timeout
+    resolver.cache = None  # ours is below, on a monotonic clock
+    return resolver
+
+
+class Resolver:
+    """Resolve names to IPv4 addresses. ``resolve()`` is the whole interface."""
+
+    def __init__(
+        self,
+        config: ResolverConfig,
+        *,
+        clock: Clock = time.monotonic,
+        hosts: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._hosts = dict(hosts) if hosts is not None else _load_hosts(config.hosts_file)
+        self._dns = _dns_resolver(config)
+        self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._flights: dict[str, asyncio.Future[tuple[str, ...]]] = {}
+
+    async def resolve(self, name: str) -> tuple[str, ...]:
+        """The IPv4 addresses of ``name`` (lower-case, no trailing dot).
+
+        Raises ResolveError whose failure is NXDOMAIN, NODATA or DNS_FAILURE.
+        """
+        hosts = self._hosts.get(name)
+        if hosts:
+            return hosts
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        flight = self._flights.get(name)
+        if flight is None:
+            flight = asyncio.ensure_future(self._query(name))
+            self._flights[name] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(name, None))
+        return await asyncio.shield(flight)
+
+    async def _query(self, name: str) -> tuple[str, ...]:
+        try:
+            answer = await self._dns.resolve(name, dns.rdatatype.A, search=True)
+        except dns.resolver.NXDOMAIN as exc:
+            raise ResolveError(
+                f"{name} does not exist (NXDOMAIN)", failure=Failure.NXDOMAIN
+            ) from exc
+        except dns.resolver.NoAnswer as exc:
+            raise ResolveError(
+                f"no IPv4 address (A record) for {name}", failure=Failure.NODATA
+            ) from exc
+        except dns.resolver.LifetimeTimeout as exc:
+            raise ResolveError(f"DNS lookup of {name} timed out") from exc
+        except (dns.resolver.NoNameservers, dns.exception.DNSException) as exc:
+            raise ResolveError(f"DNS lookup of {name} failed: {exc}") from exc
+        addresses = tuple(dict.fromkeys(r.address for r in answer))  # rdata order, no repeats
+        if not addresses:
+            raise ResolveError(f"no IPv4 address (A record) for {name}", failure=Failure.NODATA)
+        ttl = float(answer.rrset.ttl if answer.rrset is not None else 0)
+        ttl = min(max(ttl, self._config.min_ttl), self._config.max_ttl)
+        self._cache[name] = (self._clock() + ttl, addresses)
+        return addresses
