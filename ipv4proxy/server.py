@@ -111,7 +111,7 @@ class Session(asyncio.Protocol):
         try:
             self._act(handshake, handshake.feed(data))
         except ProtocolError as exc:
-            self._refuse(exc, self._protocol_name())
+            self._refuse(exc, handshake.protocol, handshake.target)
 
     def eof_received(self) -> bool:
         return False  # a client that ends before its request is complete is done
@@ -143,16 +143,16 @@ class Session(asyncio.Protocol):
                 )
                 return
 
-    def _protocol_name(self) -> str:
-        name = type(self.handshake).__name__.removesuffix("Handshake").lower()
-        return name or "-"
-
     def _handshake_timeout(self) -> None:
         timeout = self.proxy.config.limits.handshake_timeout
         error = ProtocolError(
             f"request not complete after {timeout:g} s", failure=Failure.HANDSHAKE_TIMEOUT
         )
-        self._refuse(error, self._protocol_name())
+        handshake = self.handshake
+        if handshake is None:
+            self._refuse(error, "-")
+        else:
+            self._refuse(error, handshake.protocol, handshake.target)
 
     def _refuse(self, error: ProxyError, protocol: str, target: str = "-") -> None:
         """Send the handshake's answer for ``error``, close, and log the cause."""

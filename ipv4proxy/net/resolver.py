@@ -69,7 +69,9 @@ def _dns_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
     try:
         resolver.read_resolv_conf(config.resolv_conf)
     except (OSError, dns.resolver.NoResolverConfiguration) as exc:
-        log.warning("resolv.conf %s not usable (%s)", config.resolv_conf, exc)
+        # Without nameservers of our own, a missing resolv.conf leaves only the hosts file.
+        level = logging.DEBUG if config.nameservers else logging.WARNING
+        log.log(level, "resolv.conf %s not usable (%s)", config.resolv_conf, exc)
     servers: list[str | dns.nameserver.Nameserver] = []
     if config.nameservers:
         servers = [

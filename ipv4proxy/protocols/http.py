@@ -92,9 +92,13 @@ def _too_large(reason: str) -> ProtocolError:
 class HttpHandshake:
     """Parses one HTTP proxy request head; see the module docstring for the rules."""
 
-    __slots__ = ("_buf", "_max_head", "_max_headers", "_scanned", "_state")
+    __slots__ = ("_buf", "_max_head", "_max_headers", "_scanned", "_state", "protocol", "target")
 
     def __init__(self, *, max_head: int = MAX_HEAD, max_headers: int = MAX_HEADERS) -> None:
+        # What the request asked for, as far as it was read: named in the log line even
+        # when the request is refused.
+        self.protocol = "http"
+        self.target = "-"
         self._buf = bytearray()
         self._max_head = max_head
         self._max_headers = max_headers
@@ -145,13 +149,19 @@ class HttpHandshake:
         if match is None:
             raise _malformed("the request line is not 'METHOD target HTTP/1.x'")
         method, target_bytes, minor = match.groups()
+        target = target_bytes.decode("ascii")  # the regex allowed only visible ASCII
+        if method == b"CONNECT":
+            self.protocol, self.target = "http-connect", target
+        else:
+            self.protocol = "http-forward"
         headers = [_parse_header(line) for line in lines[1:]]
         _check_framing(headers, http10=minor == b"0")
         credentials = _credentials(headers)
-        target = target_bytes.decode("ascii")  # the regex allowed only visible ASCII
         if method == b"CONNECT":
             return Connect("http-connect", parse_authority(target), early_data, credentials)
-        destination, path = _absolute_target(target)
+        authority, path = _absolute_target(target)
+        self.target = authority if authority.rpartition(":")[2].isdigit() else authority + ":80"
+        destination = parse_authority(authority, default_port=80)
         head = _rewrite(method, path, destination, headers)
         return Forward("http-forward", destination, head, early_data, credentials)
 
@@ -234,8 +244,8 @@ def _credentials(headers: list[Header]) -> tuple[str, str] | None:
     return None
 
 
-def _absolute_target(target: str) -> tuple[Destination, str]:
-    """Destination and origin-form path of an absolute ``http://`` request target."""
+def _absolute_target(target: str) -> tuple[str, str]:
+    """Authority and origin-form path of an absolute ``http://`` request target."""
     if target.startswith("/") or target == "*":
         raise _malformed(
             "this is a proxy: send an absolute URI (GET http://host/path) or use CONNECT"
@@ -256,8 +266,7 @@ def _absolute_target(target: str) -> tuple[Destination, str]:
     authority, path = rest[:cut], rest[cut:]
     if "@" in authority:
         raise _malformed("the URI holds userinfo; send credentials in Proxy-Authorization")
-    destination = parse_authority(authority, default_port=80)
-    return destination, path if path.startswith("/") else "/" + path
+    return authority, path if path.startswith("/") else "/" + path
 
 
 def _rewrite(method: bytes, path: str, destination: Destination, headers: list[Header]) -> bytes:

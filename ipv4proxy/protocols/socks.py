@@ -81,9 +81,20 @@ class _Phase(enum.Enum):
 class Socks5Handshake:
     """The server side of a SOCKS5 handshake; see the module docstring for the rules."""
 
-    __slots__ = ("_buf", "_credentials", "_failed", "_phase", "_require_auth", "_unsent")
+    __slots__ = (
+        "_buf",
+        "_credentials",
+        "_failed",
+        "_phase",
+        "_require_auth",
+        "_unsent",
+        "protocol",
+        "target",
+    )
 
     def __init__(self, *, require_auth: bool = False) -> None:
+        self.protocol = "socks5"
+        self.target = "-"  # host:port once the request's address was read, even if refused
         self._require_auth = require_auth
         self._buf = bytearray()
         self._phase = _Phase.GREETING
@@ -182,8 +193,6 @@ class Socks5Handshake:
             raise _malformed(f"SOCKS version {version} in the request, expected 5")
         if reserved != 0:
             raise _malformed("the reserved byte of the SOCKS5 request is not 0")
-        if command != 1:
-            raise _unsupported(command)
         if atyp == 1:
             end = 10
             if len(buf) < end:
@@ -207,7 +216,11 @@ class Socks5Handshake:
             raise ProtocolError(
                 f"unknown SOCKS5 address type {atyp}", failure=Failure.BAD_ADDRESS_TYPE
             )
-        destination = parse_host(host, int.from_bytes(buf[end - 2 : end], "big"))
+        port = int.from_bytes(buf[end - 2 : end], "big")
+        self.target = f"{host}:{port}"
+        if command != 1:
+            raise _unsupported(command)
+        destination = parse_host(host, port)
         early_data = bytes(buf[end:])
         buf.clear()
         self._phase = _Phase.DONE
@@ -230,9 +243,11 @@ class Socks5Handshake:
 class Socks4Handshake:
     """The server side of a SOCKS4 / SOCKS4a handshake (CONNECT only)."""
 
-    __slots__ = ("_buf", "_done")
+    __slots__ = ("_buf", "_done", "protocol", "target")
 
     def __init__(self) -> None:
+        self.protocol = "socks4"
+        self.target = "-"  # host:port once the request was read, even if refused
         self._buf = bytearray()
         self._done = False
 
@@ -260,11 +275,7 @@ class Socks4Handshake:
             return None
         if buf[0] != 4:
             raise _malformed(f"SOCKS version {buf[0]} in the request, expected 4")
-        if buf[1] != 1:
-            raise _unsupported(buf[1])
         port = int.from_bytes(buf[2:4], "big")
-        if port == 0:
-            raise _malformed("the SOCKS4 request names port 0")
         user_end = _field_end(buf, 8, "user id")
         if user_end < 0:
             return None
@@ -278,11 +289,16 @@ class Socks4Handshake:
             end = host_end + 1
         else:
             host = ".".join(map(str, buf[4:8]))
+        self.protocol = "socks4a" if socks4a else "socks4"
+        self.target = f"{host}:{port}"
+        if buf[1] != 1:
+            raise _unsupported(buf[1])
+        if port == 0:
+            raise _malformed("the SOCKS4 request names port 0")
         destination = parse_host(host, port)
         user = _decode(buf[8:user_end])
         credentials = (user, "") if user else None
-        protocol = "socks4a" if socks4a else "socks4"
-        return Connect(protocol, destination, bytes(buf[end:]), credentials)
+        return Connect(self.protocol, destination, bytes(buf[end:]), credentials)
 
     def success_reply(self, address: str, port: int) -> bytes:
         """``00 5A <port> <ipv4>``: request granted."""
