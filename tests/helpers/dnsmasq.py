@@ -1,0 +1,198 @@
+"""A real DNS server for the tests: dnsmasq on 127.0.0.1, answering only the test names.
+
+The proxy under test is pointed at it with ``--nameserver``; dnsmasq logs every query it
+receives, with its type, to a file, so a test can prove that no AAAA question was ever
+asked. Nothing else in the tests may query this server for AAAA (tests query it only for
+readiness, with an A question).
+
+Names (all under ``.test``; any other ``.test`` name is NXDOMAIN, ``--local=/test/``):
+
+- ``dual.test``: A 127.0.0.1 and AAAA ::1
+- ``v4.test``: A 127.0.0.1
+- ``v6only.test``: AAAA ::1 only (an A question gets NODATA)
+- ``multi.test``: A 127.0.0.2, 127.0.0.3, 127.0.0.1 (dnsmasq may rotate them)
+- ``trap.test`` and every ``*.trap.test``: A 127.0.0.1 and AAAA ::1, for the IPv6 trap
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+
+__all__ = ["HOST_RECORDS", "TRAP_DOMAIN", "DnsQuery", "Dnsmasq", "DnsmasqUnavailable"]
+
+TRAP_DOMAIN = "trap.test"
+
+# name -> addresses, in the order dnsmasq is given them.
+HOST_RECORDS: dict[str, tuple[str, ...]] = {
+    "dual.test": ("127.0.0.1", "::1"),
+    "v4.test": ("127.0.0.1",),
+    "v6only.test": ("::1",),
+    "multi.test": ("127.0.0.2", "127.0.0.3", "127.0.0.1"),
+}
+
+# Bounds: starting tries (a free port can be taken between probe and bind), the readiness
+# wait per try, and the stop wait before SIGKILL.
+_START_TRIES = 3
+_READY_SECONDS = 10.0
+_READY_PROBE_TIMEOUT = 0.2
+_STOP_SECONDS = 5.0
+
+# With --log-queries=extra:
+# "... dnsmasq[12]: 7 127.0.0.1/40134 query[AAAA] dual.test from 127.0.0.1"
+_QUERY_LINE = re.compile(
+    r"dnsmasq\[\d+\]: \d+ (?P<addr>[0-9a-fA-F.:]+)/(?P<port>\d+) "
+    r"query\[(?P<qtype>[A-Z0-9]+)\] (?P<name>\S+) from (?P<source>\S+)"
+)
+
+
+class DnsmasqUnavailable(RuntimeError):
+    """dnsmasq is not installed or cannot run here; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuery:
+    """One question dnsmasq received."""
+
+    qtype: str
+    name: str
+    source: str
+    source_port: int
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port: int = udp.getsockname()[1]
+        return port
+
+
+class Dnsmasq:
+    """A dnsmasq process on 127.0.0.1:`port`; use `start()` / `stop()` or a with-block."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self.log_path = workdir / "dnsmasq.log"
+        self._stderr_path = workdir / "dnsmasq.stderr"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def _command(self, binary: str, port: int) -> list[str]:
+        command = [
+            binary,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            f"--port={port}",
+            "--log-queries=extra",
+            f"--log-facility={self.log_path}",
+            "--local=/test/",
+            f"--address=/{TRAP_DOMAIN}/127.0.0.1",
+            f"--address=/{TRAP_DOMAIN}/::1",
+        ]
+        command += [
+            f"--host-record={name},{address}"
+            for name, addresses in HOST_RECORDS.items()
+            for address in addresses
+        ]
+        if os.geteuid() == 0:
+            # As root dnsmasq drops to user "nobody" by default; stay root so it can keep
+            # writing its log file in a root-owned temporary directory.
+            command.append("--user=root")
+        return command
+
+    def start(self) -> None:
+        """Start dnsmasq and wait until it answers; raises DnsmasqUnavailable otherwise."""
+        binary = shutil.which("dnsmasq") or next(
+            (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if os.access(p, os.X_OK)), None
+        )
+        if binary is None:
+            raise DnsmasqUnavailable("dnsmasq is not installed (Debian package dnsmasq-base)")
+        problems: list[str] = []
+        for _ in range(_START_TRIES):
+            port = _free_udp_port()
+            with self._stderr_path.open("wb") as stderr:
+                self._process = subprocess.Popen(
+                    self._command(binary, port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                )
+            if self._wait_ready(port):
+                self.port = port
+                return
+            self.stop()
+            problems.append(self._stderr_path.read_text(errors="replace").strip())
+        raise DnsmasqUnavailable(f"dnsmasq did not start: {problems}")
+
+    def _wait_ready(self, port: int) -> bool:
+        """Ask an A question (never AAAA) until dnsmasq answers, bounded in time and count."""
+        process = self._process
+        if process is None:
+            return False
+        deadline = time.monotonic() + _READY_SECONDS
+        for _ in range(int(_READY_SECONDS / _READY_PROBE_TIMEOUT) + 1):
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            query = dns.message.make_query("ready.test", "A")
+            try:
+                reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=_READY_PROBE_TIMEOUT)
+            except (dns.exception.Timeout, ConnectionRefusedError):
+                time.sleep(0.05)
+                continue
+            return reply.rcode() == dns.rcode.NXDOMAIN
+        return False
+
+    def stop(self) -> None:
+        """Stop the process this object started, by PID: SIGTERM, then SIGKILL after a bound."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=_STOP_SECONDS)
+
+    def queries(self) -> list[DnsQuery]:
+        """Every question received so far, in order, parsed from the query log."""
+        if not self.log_path.exists():
+            return []
+        found: list[DnsQuery] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            match = _QUERY_LINE.search(line)
+            if match:
+                found.append(
+                    DnsQuery(
+                        qtype=match["qtype"],
+                        name=match["name"].rstrip(".").lower(),
+                        source=match["source"],
+                        source_port=int(match["port"]),
+                    )
+                )
+        return found
+
+    def __enter__(self) -> Dnsmasq:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
