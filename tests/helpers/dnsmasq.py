@@ -17,6 +17,7 @@ Names (all under ``.test``; any other ``.test`` name is NXDOMAIN, ``--local=/tes
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -45,7 +46,7 @@ HOST_RECORDS: dict[str, tuple[str, ...]] = {
 
 # Bounds: starting tries (a free port can be taken between probe and bind), the readiness
 # wait per try, and the stop wait before SIGKILL.
-_START_TRIES = 3
+_START_TRIES = 5
 _READY_SECONDS = 10.0
 _READY_PROBE_TIMEOUT = 0.2
 _STOP_SECONDS = 5.0
@@ -72,11 +73,29 @@ class DnsQuery:
     source_port: int
 
 
+# dnsmasq binds the port for UDP and TCP. A port from the kernel's ephemeral range may be
+# free for UDP yet held by some TCP connection's local end (busy machines churn through
+# that range), so ports are drawn below it (Linux's default range starts at 32768) and
+# checked for both transports.
+_PORT_RANGE = (20000, 32000)
+
+
 def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port: int = udp.getsockname()[1]
+    """A loopback port free for UDP and TCP now, outside the ephemeral range; bounded tries."""
+    for _ in range(50):
+        port = random.randint(*_PORT_RANGE)
+        try:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            ):
+                udp.bind(("127.0.0.1", port))
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         return port
+    raise DnsmasqUnavailable(f"no free port for dnsmasq in {_PORT_RANGE}")
 
 
 class Dnsmasq:
