@@ -26,9 +26,11 @@ from ipv4proxy.config import Config, flag_name, iter_keys, load
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.log import setup_logging
 from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.policy import Policy
+from ipv4proxy.rules import parse_users
 from ipv4proxy.server import Proxy
 
-__all__ = ["main", "parse"]
+__all__ = ["build_policy", "main", "parse"]
 
 log = logging.getLogger("ipv4proxy")
 
@@ -85,13 +87,30 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     return load(text, environ, flags)
 
 
-async def run(config: Config) -> int:
+def build_policy(config: Config) -> Policy:
+    """The policy, with the users of ``auth.users_file`` read in. Raises ConfigError."""
+    users: list[tuple[str, str]] = []
+    path = config.auth.users_file
+    if path:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as file:
+                users = parse_users(file.read())
+        except OSError as exc:
+            raise ConfigError(f"auth.users_file: cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:  # names the line number, never its text
+            raise ConfigError(f"auth.users_file: {path} {exc}") from None
+        if not users:
+            raise ConfigError(f"auth.users_file: {path} holds no USER:PASSWORD line")
+    return Policy(config, users)
+
+
+async def run(config: Config, policy: Policy | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    proxy = Proxy(config, Resolver(config.resolver))
+    proxy = Proxy(config, Resolver(config.resolver), policy)
     try:
         await proxy.start()
     except OSError as exc:
@@ -108,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = args.pop(0) if args and args[0] == "check-config" else "run"
     try:
         config = parse(args, os.environ)
+        policy = build_policy(config)
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -115,4 +135,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(config)
         sys.exit(0)
     setup_logging(config.log.level)
-    sys.exit(uvloop.run(run(config)))
+    sys.exit(uvloop.run(run(config, policy)))

@@ -28,13 +28,22 @@ from typing import Any
 import yaml
 
 from ipv4proxy.errors import ConfigError
+from ipv4proxy.rules import (
+    cidr_problem,
+    domain_problem,
+    is_loopback_host,
+    port_problem,
+    user_problem,
+)
 
 __all__ = [
+    "AuthConfig",
     "Config",
     "DialerConfig",
     "LimitsConfig",
     "Listener",
     "LogConfig",
+    "PolicyConfig",
     "ResolverConfig",
     "env_name",
     "flag_name",
@@ -47,11 +56,13 @@ ENV_PREFIX = "IPV4PROXY_"
 Check = Callable[[Any], str | None]
 
 
-def _setting(default: Any, help: str, check: Check | None = None) -> Any:
+def _setting(default: Any, help: str, check: Check | None = None, *, secret: bool = False) -> Any:
+    """A field with its help and check; a ``secret`` value never appears in a message."""
+    metadata = {"help": help, "check": check, "secret": secret}
     if isinstance(default, list | tuple) or dataclasses.is_dataclass(default):
         value = default
-        return field(default_factory=lambda: value, metadata={"help": help, "check": check})
-    return field(default=default, metadata={"help": help, "check": check})
+        return field(default_factory=lambda: value, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _positive(value: float) -> str | None:
@@ -60,6 +71,10 @@ def _positive(value: float) -> str | None:
 
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "expected 0-65535"
+
+
+def _count(value: int) -> str | None:
+    return None if value >= 0 else "expected a number >= 0"
 
 
 def _one_of(*choices: str) -> Check:
@@ -88,6 +103,11 @@ class Listener:
     host: str = _setting("127.0.0.1", "address to accept clients on (loopback: only this host)")
     # 3128 is the port every proxy-aware tool guesses first (Squid's).
     port: int = _setting(3128, "TCP port; 0 picks a free one", _port)
+    # Empty: any client that can reach the address. A non-loopback listener must then
+    # require authentication (see _listeners_safe).
+    clients: tuple[str, ...] = _setting(
+        (), "client IPv4 CIDRs allowed to connect; empty: any", cidr_problem
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,59 @@ class LimitsConfig:
     handshake_timeout: float = _setting(
         10.0, "seconds a client has to send its whole request", _positive
     )
+    # Ten times Baileys' WebSocket keepalive ping (keepAliveIntervalMs, 30 s), so a
+    # WhatsApp tunnel never looks idle even when a few pings are late, and under the
+    # 350 s idle timeout of AWS load balancers so the proxy, not a middlebox, decides.
+    idle_timeout: float = _setting(
+        300.0, "seconds a tunnel may pass no byte either way before it is closed", _positive
+    )
+    # A gateway holds thousands of long-lived WebSockets; each tunnel costs two descriptors,
+    # so 10,000 tunnels fit a 20,000+ descriptor limit (containers usually allow far more).
+    max_connections: int = _setting(
+        10_000, "client connections open at once; more are refused at once", _positive
+    )
+    # 0 (off): a sidecar's clients all share 127.0.0.1, so a per-address bound would cap
+    # the one legitimate client. Set it on a shared egress tier.
+    max_connections_per_client: int = _setting(
+        0, "connections open at once from one client address; 0: no bound but the total", _count
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AuthConfig:
+    # Env/flag lists are comma-separated, so such passwords cannot hold a comma: use the file.
+    users: tuple[str, ...] = _setting(
+        (), "USER:PASSWORD pairs allowed to connect", user_problem, secret=True
+    )
+    # A mounted Kubernetes Secret: the password never has to be in the config or the env.
+    users_file: str = _setting("", "file of USER:PASSWORD lines (e.g. a mounted Secret)")
+
+    def __repr__(self) -> str:  # never print a password, even in check-config
+        return f"AuthConfig(users=<{len(self.users)} hidden>, users_file={self.users_file!r})"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.users or self.users_file)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    # HTTP, HTTPS and XMPP (WhatsApp's chat port): what a WhatsApp gateway needs.
+    ports: tuple[str, ...] = _setting(
+        ("80", "443", "5222"), "destination ports allowed (ranges like 8000-8100)", port_problem
+    )
+    allow_domains: tuple[str, ...] = _setting(
+        (), "if set, only names matching one (whatsapp.net, *.whatsapp.net)", domain_problem
+    )
+    deny_domains: tuple[str, ...] = _setting((), "names refused", domain_problem)
+    allow_cidrs: tuple[str, ...] = _setting(
+        (),
+        "if set, only resolved addresses in one; also opens special ranges it names",
+        cidr_problem,
+    )
+    deny_cidrs: tuple[str, ...] = _setting(
+        (), "resolved addresses refused (e.g. private ranges)", cidr_problem
+    )
 
 
 def _nameservers_ok(config: ResolverConfig) -> None:
@@ -161,6 +234,21 @@ class Config:
     resolver: ResolverConfig = _setting(ResolverConfig(), "A-only name resolution")
     dialer: DialerConfig = _setting(DialerConfig(), "IPv4 connection racing")
     limits: LimitsConfig = _setting(LimitsConfig(), "bounds on what a client may send")
+    auth: AuthConfig = _setting(AuthConfig(), "who may connect: credentials")
+    policy: PolicyConfig = _setting(PolicyConfig(), "where clients may go")
+
+
+def _listeners_safe(config: Config) -> None:
+    """Refuse an open proxy: a non-loopback listener needs client CIDRs or authentication."""
+    for index, listener in enumerate(config.listeners):
+        if is_loopback_host(listener.host) or listener.clients or config.auth.enabled:
+            continue
+        raise ConfigError(
+            f"listeners[{index}]: {listener.host} is not a loopback address, so anyone who "
+            f"reaches it could use this proxy; set listeners[{index}].clients to the client "
+            f"CIDRs allowed (YAML: listeners: [{{host: {listener.host}, port: {listener.port}, "
+            "clients: [10.0.0.0/8]}]) or require credentials with auth.users_file or auth.users"
+        )
 
 
 # -- the generic part: walking the tree --------------------------------------------------
@@ -253,11 +341,19 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if key not in fields:
             known = ", ".join(fields)
             raise ConfigError(f"{path}: unknown key (expected one of {known})")
-        coerced = _coerce(value, hints[key], path)
+        secret = fields[key].metadata.get("secret", False)
+        try:
+            coerced = _coerce(value, hints[key], path)
+        except ConfigError:
+            if secret:
+                raise ConfigError(f"{path}: expected a list of strings") from None
+            raise
         check = fields[key].metadata.get("check")
         message = check(coerced) if check is not None else None
         if message:
-            raise ConfigError(f"{path}: {message}, got {value!r}")
+            # Rule checks name the bad item themselves ("..., got '70000x'").
+            shown = "" if secret or ", got " in message else f", got {value!r}"
+            raise ConfigError(f"{path}: {message}{shown}")
         values[key] = coerced
     try:
         return cls(**values)
@@ -304,4 +400,5 @@ def load(
     _nameservers_ok(config.resolver)
     if not config.listeners:
         raise ConfigError("listeners: expected at least one listener")
+    _listeners_safe(config)
     return config

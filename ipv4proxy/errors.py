@@ -58,6 +58,12 @@ class Failure(enum.Enum):
     NET_UNREACHABLE = ("ENETUNREACH", 502, S5_NET_UNREACHABLE, S4_REJECTED)
     CONNECT_FAILED = ("ECONNFAILED", 502, S5_GENERAL, S4_REJECTED)
     TIMEOUT = ("ETIMEDOUT", 504, S5_HOST_UNREACHABLE, S4_REJECTED)
+    # Refused at accept, before the protocol is known: the connection is closed with no
+    # reply (waiting for the first byte would let the excess hold descriptors). The codes
+    # are what a reply would carry.
+    TOO_MANY_CONNECTIONS = ("TOO_MANY_CONNECTIONS", 503, S5_GENERAL, S4_REJECTED)
+    # A tunnel that moved no byte for limits.idle_timeout; mid-tunnel there is no reply.
+    IDLE_TIMEOUT = ("IDLE_TIMEOUT", 408, S5_GENERAL, S4_REJECTED)
 
     def __init__(self, cause: str, http_status: int, socks5: int, socks4: int) -> None:
         self.cause = cause

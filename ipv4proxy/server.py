@@ -11,7 +11,11 @@ Rules:
 - Each expected failure is a ProxyError: the client gets the handshake's error reply, the
   log gets one ``tunnel`` line naming the cause. Nothing else is sent or logged for it.
 - Phases have their own clocks: handshake_timeout until the request is complete, then the
-  resolver's and the dialer's own timeouts.
+  resolver's and the dialer's own timeouts, then idle_timeout on the open tunnel.
+- Bounds (``limits``): connections over max_connections (or max_connections_per_client
+  from one address) are closed at accept, with no reply and one log line. Idle tunnels
+  are found by one sweep per process, not a timer per tunnel or per read: every tenth of
+  idle_timeout it compares each tunnel's byte counters with the last sweep's.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from collections.abc import Sequence
 from typing import cast
 
 from ipv4proxy.config import Config
-from ipv4proxy.errors import Failure, ProtocolError, ProxyError
+from ipv4proxy.errors import Failure, PolicyDenied, ProtocolError, ProxyError
 from ipv4proxy.log import event
 from ipv4proxy.net.dialer import dial
 from ipv4proxy.net.relay import Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.policy import Policy, require
 from ipv4proxy.protocols import (
     Authenticate,
     Connect,
@@ -56,27 +61,73 @@ def _address(peer: object) -> str:
 class Proxy:
     """The listeners of one process, and what every session shares."""
 
-    def __init__(self, config: Config, resolver: Resolver) -> None:
+    def __init__(self, config: Config, resolver: Resolver, policy: Policy | None = None) -> None:
         self.config = config
         self.resolver = resolver
+        self.policy = policy if policy is not None else Policy(config)
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
+        self.connections = 0
+        self.per_client: dict[str, int] = {}
+        # Open tunnels -> [bytes moved at the last sweep, loop time they last changed].
+        self.tunnels: dict[Tunnel, list[float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def admit(self, host: str) -> str | None:
+        """Count a new client connection; or the reason it is over a limit."""
+        limits = self.config.limits
+        if self.connections >= limits.max_connections:
+            return f"{self.connections} connections open (limits.max_connections)"
+        per_client = self.per_client.get(host, 0)
+        if 0 < limits.max_connections_per_client <= per_client:
+            return f"{per_client} connections open from {host} (limits.max_connections_per_client)"
+        self.connections += 1
+        self.per_client[host] = per_client + 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.connections -= 1
+        left = self.per_client.pop(host, 1) - 1
+        if left > 0:
+            self.per_client[host] = left
+
+    def _sweep(self) -> None:
+        """Abort tunnels that moved no byte for idle_timeout; re-arm. O(open tunnels)."""
+        now = self.loop.time()
+        timeout = self.config.limits.idle_timeout
+        for tunnel, seen in list(self.tunnels.items()):
+            moved = tunnel.client.received + tunnel.upstream.received
+            if moved != seen[0]:
+                seen[0], seen[1] = moved, now
+            elif now - seen[1] >= timeout:
+                seen[1] = -1.0  # marks the close as idle for the tunnel's log line
+                for pump in (tunnel.client, tunnel.upstream):
+                    if pump.transport is not None:
+                        pump.transport.abort()  # close() would wait on a reader that never reads
+        self._sweeper = self.loop.call_later(timeout / 10, self._sweep)
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listener; returns the bound (host, port) pairs. Raises OSError."""
         bound: list[tuple[str, int]] = []
-        for listener in self.config.listeners:
+        for index, listener in enumerate(self.config.listeners):
             server = await self.loop.create_server(
-                lambda: Session(self), listener.host, listener.port, backlog=1024
+                lambda index=index: Session(self, index),  # type: ignore[misc]
+                listener.host,
+                listener.port,
+                backlog=1024,
             )
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port))
                 log.info("listening on %s", _address((host, port)))
+        self.policy.listening_on(bound)
+        self._sweeper = self.loop.call_later(self.config.limits.idle_timeout / 10, self._sweep)
         return bound
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -88,9 +139,13 @@ class Session(asyncio.Protocol):
 
     transport: asyncio.Transport  # set by connection_made, before any other call
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, listener: int = 0) -> None:
         self.proxy = proxy
+        self.listener = listener
         self.client = "-"
+        self.host = "-"  # the client's address, without the port: what limits count
+        self.counted = False
+        self.denied: PolicyDenied | None = None
         self.handshake: Handshake | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -99,15 +154,41 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.client = _address(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        self.client = _address(peer)
+        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        over = self.proxy.admit(self.host)
+        if over is not None:
+            error = ProxyError(
+                f"too many connections: {over}", failure=Failure.TOO_MANY_CONNECTIONS
+            )
+            self._refuse(error, "-")  # no handshake yet: closed with no reply
+            return
+        self.counted = True
+        decision = self.proxy.policy.client(self.listener, self.host)
+        if not decision.allowed:
+            self.denied = decision.error()  # answered in the client's protocol, first byte
         timeout = self.proxy.config.limits.handshake_timeout
         self.timer = self.proxy.loop.call_later(timeout, self._handshake_timeout)
+
+    def release(self) -> None:
+        """Uncount this connection (once), when it or its tunnel has closed."""
+        if self.counted:
+            self.counted = False
+            self.proxy.release(self.host)
 
     def data_received(self, data: bytes) -> None:
         handshake = self.handshake
         if handshake is None:
-            handshake = new_handshake(data[0], max_head=self.proxy.config.limits.max_head)
+            handshake = new_handshake(
+                data[0],
+                max_head=self.proxy.config.limits.max_head,
+                require_auth=self.proxy.policy.auth_required,
+            )
             self.handshake = handshake
+            if self.denied is not None:
+                self._refuse(self.denied, handshake.protocol)
+                return
         try:
             self._act(handshake, handshake.feed(data))
         except ProtocolError as exc:
@@ -121,6 +202,7 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
         if self.task is not None:
             self.task.cancel()
+        self.release()
 
     # handshake
 
@@ -131,8 +213,12 @@ class Session(asyncio.Protocol):
             if isinstance(item, Send):
                 self.transport.write(item.data)
             elif isinstance(item, Authenticate):
-                # Credentials are accepted until the policy layer checks them.
-                self.transport.write(handshake.auth_result(True))  # type: ignore[union-attr]
+                decision = self.proxy.policy.credentials((item.username, item.password))
+                self.transport.write(handshake.auth_result(decision.allowed))  # type: ignore[union-attr]
+                if not decision.allowed:
+                    self.handshake = None  # the RFC 1929 failure reply is the whole answer
+                    self._refuse(decision.error(), handshake.protocol)
+                    return
                 pending.extend(handshake.feed(b""))
             elif isinstance(item, Connect | Forward):
                 if self.timer is not None:
@@ -178,11 +264,17 @@ class Session(asyncio.Protocol):
         destination = request.destination
         target = f"{destination.host}:{destination.port}"
         started = self.proxy.loop.time()
+        policy = self.proxy.policy
         try:
+            require(policy.credentials(request.credentials))
+            require(policy.destination(destination))
             if destination.kind is HostKind.IPV4:
+                require(policy.address(destination.host, destination.port))
                 addresses: tuple[str, ...] = (destination.host,)
             else:
-                addresses = await self.proxy.resolver.resolve(destination.host)
+                resolved = await self.proxy.resolver.resolve(destination.host)
+                addresses, decision = policy.addresses(resolved, destination.port, destination.host)
+                require(decision)
             sock, address = await dial(
                 addresses, destination.port, self.proxy.config.dialer, name=destination.host
             )
@@ -214,8 +306,11 @@ class Session(asyncio.Protocol):
         protocol = request.protocol
         target = f"{request.destination.host}:{request.destination.port}"
         client_name = self.client
+        tunnels = self.proxy.tunnels
 
         def closed(tunnel: Tunnel) -> None:
+            seen = tunnels.pop(tunnel, None)
+            self.release()
             event(
                 access,
                 "tunnel",
@@ -227,10 +322,11 @@ class Session(asyncio.Protocol):
                 sent=tunnel.client.received,
                 received=tunnel.upstream.received,
                 duration_ms=round((loop.time() - started) * 1000, 1),
-                outcome="ok",
+                outcome=Failure.IDLE_TIMEOUT.cause if seen and seen[1] < 0 else "ok",
             )
 
         tunnel = Tunnel(closed)
+        tunnels[tunnel] = [0, loop.time()]
         tune_socket(sock)
         tune_socket(client.get_extra_info("socket"))
         local = sock.getsockname()

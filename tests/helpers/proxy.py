@@ -33,12 +33,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Flags every test proxy gets, besides --listen and --nameserver (which depend on the run):
 # neither the host's /etc/hosts nor its resolv.conf (search domains, ndots) may change what
-# a test name resolves to.
+# a test name resolves to. Every test server listens on 127.0.0.0/8 on a port the kernel
+# picks, which the default policy refuses (loopback is a special range, and only ports 80,
+# 443 and 5222 are allowed), so the test proxies open exactly that: loopback, any port.
 DEFAULT_PROXY_FLAGS: tuple[str, ...] = (
     "--hosts-file",
     "/dev/null",
     "--resolv-conf",
     "/dev/null",
+    "--policy-allow-cidrs",
+    "127.0.0.0/8",
+    "--policy-ports",
+    "1-65535",
     "--log-level",
     "info",
 )
