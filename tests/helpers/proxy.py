@@ -104,6 +104,11 @@ class ProxyProcess:
         self.killed = False
 
     @property
+    def pid(self) -> int:
+        """The process id (for /proc sampling and prlimit); 0 before start."""
+        return self._process.pid if self._process is not None else 0
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
