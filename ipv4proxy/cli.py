@@ -1,12 +1,21 @@
 """The ``ipv4proxy`` command: flags, environment and file into one Config; then run.
 
-    ipv4proxy [FLAGS]                 run the proxy (uvloop)
-    ipv4proxy check-config [FLAGS]    validate, print the effective configuration, exit
+    ipv4proxy [FLAGS]                        run the proxy (uvloop)
+    ipv4proxy check-config [FLAGS]           validate, print the effective configuration
+                                             as YAML (secrets masked), exit
+    ipv4proxy doctor [FLAGS] HOST[:PORT]     diagnose one destination (``--json``)
 
 Every configuration key has a flag derived from its path (``--dialer-connect-timeout``);
 the common ones also have short spellings (``--listen``, ``--nameserver`` ...).
+
+Signals while running: SIGTERM/SIGINT drain (not ready at once, listeners closed, open
+tunnels get ``drain.grace_period`` seconds, the rest are cut, exit 0); a second one cuts
+every tunnel at once and exits 1. SIGHUP re-reads the file (flags and environment are those
+of the start): new connections get the new settings, open ones keep theirs; an invalid file,
+or one that changes the listeners, is refused with a log line and the old settings stay.
+
 Exit codes: 0 after a clean stop, 2 for an invalid configuration, 1 when a listener cannot
-be bound.
+be bound or a stop was forced; doctor: 0 when an IPv4 connection succeeded, 1 when none did.
 """
 
 from __future__ import annotations
@@ -19,14 +28,18 @@ import signal
 import sys
 import typing
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import uvloop
 
-from ipv4proxy.config import Config, flag_name, iter_keys, load
-from ipv4proxy.errors import ConfigError
-from ipv4proxy.log import setup_logging
-from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.admin import Admin
+from ipv4proxy.config import Config, changed_keys, flag_name, iter_keys, load, to_yaml
+from ipv4proxy.doctor import diagnose, render_text
+from ipv4proxy.errors import ConfigError, ProtocolError
+from ipv4proxy.log import lifecycle, setup_logging
 from ipv4proxy.policy import Policy
+from ipv4proxy.protocols import HostKind
+from ipv4proxy.protocols.host import parse_authority
 from ipv4proxy.rules import parse_users
 from ipv4proxy.server import Proxy
 
@@ -46,9 +59,9 @@ ALIASES: Mapping[tuple[str, ...], tuple[str, ...]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str = "run") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ipv4proxy",
+        prog="ipv4proxy" if command == "run" else f"ipv4proxy {command}",
         description="Egress proxy (HTTP CONNECT, HTTP, SOCKS4a/5 on one port) "
         "that reaches every destination over IPv4 only.",
         epilog="Every flag is also an environment variable: --dialer-connect-timeout is "
@@ -69,12 +82,23 @@ def _parser() -> argparse.ArgumentParser:
             metavar="VALUE",
             help=f.metadata.get("help", "") + (" (repeatable)" if repeatable else ""),
         )
+    if command == "doctor":
+        parser.add_argument("target", metavar="HOST[:PORT]", help="destination (port 443)")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """Flags, environment and the config file into one Config. Raises ConfigError."""
-    args = vars(_parser().parse_args(argv))
+    return _parse(argv, environ, "run")[0]
+
+
+def _parse(
+    argv: Sequence[str], environ: Mapping[str, str], command: str
+) -> tuple[Config, dict[str, Any]]:
+    """Config plus the command's own arguments (doctor's target). Raises ConfigError."""
+    args = vars(_parser(command).parse_args(argv))
+    own: dict[str, Any] = {key: args.pop(key) for key in ("target", "json") if key in args}
     path = args.pop("config") or environ.get("IPV4PROXY_CONFIG")
     text = None
     if path:
@@ -84,7 +108,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
     flags = {tuple(dest.split("/")): value for dest, value in args.items() if value is not None}
-    return load(text, environ, flags)
+    return load(text, environ, flags), own
 
 
 def build_policy(config: Config) -> Policy:
@@ -104,35 +128,114 @@ def build_policy(config: Config) -> Policy:
     return Policy(config, users)
 
 
-async def run(config: Config, policy: Policy | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; returns the exit code."""
+def reload(proxy: Proxy, argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """SIGHUP: re-read the file (and the users file); apply them for new connections, or
+    keep the old settings."""
+    old = proxy.config
+    try:
+        new = parse(argv, environ)
+        proxy.reload(new, build_policy(new))
+    except ConfigError as exc:
+        proxy.metrics.reloads.labels("refused").inc()
+        lifecycle(
+            log,
+            "reload_refused",
+            f"reload refused, the running configuration stays: {exc}",
+            logging.ERROR,
+            reason=str(exc),
+        )
+        return False
+    setup_logging(new.log.level, new.log.format)
+    proxy.metrics.reloads.labels("applied").inc()
+    changed = changed_keys(old, new)  # key names only: values may be secrets
+    lifecycle(
+        log,
+        "reloaded",
+        f"reloaded configuration; changed: {', '.join(changed) or 'nothing'}",
+        changed=changed,
+    )
+    return True
+
+
+async def run(
+    config: Config, policy: Policy | None, argv: Sequence[str], environ: Mapping[str, str]
+) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_stop(signum: signal.Signals) -> None:
+        if stop.is_set():
+            lifecycle(log, "stopping_now", f"second {signum.name}: cutting every tunnel now")
+            force.set()
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    proxy = Proxy(config, Resolver(config.resolver), policy)
+        loop.add_signal_handler(signum, on_stop, signum)
+    proxy = Proxy(config, policy=policy)
+    loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ)
+    admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
     try:
         await proxy.start()
+        if admin is not None:
+            await admin.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)  # noqa: TRY400 - the reason is the message
+        await proxy.close()
         return 1
+    lifecycle(log, "ready", "ready")
     await stop.wait()
-    log.info("stopping")
-    await proxy.close()
-    return 0
+    grace = proxy.config.drain.grace_period
+    open_now = len(proxy.tunnels) + len(proxy.sessions)
+    lifecycle(
+        log,
+        "draining",
+        f"draining: not ready, listeners closed, {open_now} connections open; "
+        f"what is still open after {grace:g} s is cut",
+        open=open_now,
+        grace_period=grace,
+    )
+    cut = await proxy.drain(grace, force)
+    if admin is not None:
+        await admin.close()
+    lifecycle(log, "stopped", f"stopped; {cut} connections cut", cut=cut)
+    return 1 if force.is_set() else 0
+
+
+async def doctor(config: Config, target: str, as_json: bool) -> int:
+    """Print the diagnosis of ``target``; 0 when an IPv4 connection succeeded."""
+    try:
+        destination = parse_authority(target, default_port=443)
+    except ProtocolError as exc:
+        print(f"ipv4proxy doctor: {exc}", file=sys.stderr)
+        return 2
+    report = await diagnose(
+        config,
+        destination.host,
+        destination.port,
+        ipv4_literal=destination.kind is HostKind.IPV4,
+    )
+    print(report.to_json() if as_json else render_text(report))
+    return 0 if report.ipv4_ok else 1
+
+
+COMMANDS = ("check-config", "doctor")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args.pop(0) if args and args[0] == "check-config" else "run"
+    command = args.pop(0) if args and args[0] in COMMANDS else "run"
     try:
-        config = parse(args, os.environ)
+        config, own = _parse(args, os.environ, command)
         policy = build_policy(config)
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)
     if command == "check-config":
-        print(config)
+        print(to_yaml(config), end="")
         sys.exit(0)
-    setup_logging(config.log.level)
-    sys.exit(uvloop.run(run(config, policy)))
+    setup_logging(config.log.level, config.log.format)
+    if command == "doctor":
+        sys.exit(uvloop.run(doctor(config, own["target"], own["json"])))
+    sys.exit(uvloop.run(run(config, policy, args, os.environ)))

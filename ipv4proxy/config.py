@@ -37,27 +37,34 @@ from ipv4proxy.rules import (
 )
 
 __all__ = [
+    "AdminConfig",
     "AuthConfig",
     "Config",
     "DialerConfig",
+    "DrainConfig",
     "LimitsConfig",
     "Listener",
     "LogConfig",
     "PolicyConfig",
     "ResolverConfig",
+    "changed_keys",
     "env_name",
     "flag_name",
     "iter_keys",
     "load",
     "parse_hostport",
+    "to_yaml",
 ]
+
+MASK = "********"
 
 ENV_PREFIX = "IPV4PROXY_"
 Check = Callable[[Any], str | None]
 
 
 def _setting(default: Any, help: str, check: Check | None = None, *, secret: bool = False) -> Any:
-    """A field with its help and check; a ``secret`` value never appears in a message."""
+    """A field with its help and check; a ``secret`` value never appears in a message, and
+    is masked wherever the configuration is shown (``check-config``)."""
     metadata = {"help": help, "check": check, "secret": secret}
     if isinstance(default, list | tuple) or dataclasses.is_dataclass(default):
         value = default
@@ -114,6 +121,42 @@ class Listener:
 class LogConfig:
     level: str = _setting(
         "info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error")
+    )
+    # Text is what a person reads in `kubectl logs`; json is for log pipelines.
+    format: str = _setting(
+        "text", "text (key=value lines) or json (one object a line)", _one_of("text", "json")
+    )
+
+
+def _listen_or_off(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        host, _ = parse_hostport(value)
+    except ConfigError:
+        return "expected HOST:PORT, or an empty string to turn the admin listener off"
+    return None if ":" not in host else "expected an IPv4 HOST:PORT"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    # Loopback, because /metrics shows traffic patterns; a kubelet probe or a Prometheus
+    # scrape from outside the pod needs 0.0.0.0:9128 (the endpoints are read-only).
+    # 9128 sits beside the proxy's 3128 and clear of Prometheus' own 9090 and Envoy's 9901.
+    listen: str = _setting(
+        "127.0.0.1:9128",
+        "HOST:PORT of the /healthz, /readyz and /metrics endpoints; empty: no admin listener",
+        _listen_or_off,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DrainConfig:
+    # Kubernetes sends SIGKILL terminationGracePeriodSeconds (30 s by default) after SIGTERM,
+    # to every container of the pod at once. 20 s lets the gateway's own shutdown use its
+    # open tunnels and still leaves 10 s before SIGKILL for closing and exiting.
+    grace_period: float = _setting(
+        20.0, "seconds open tunnels may keep running after SIGTERM before they are cut", _positive
     )
 
 
@@ -236,6 +279,8 @@ class Config:
     limits: LimitsConfig = _setting(LimitsConfig(), "bounds on what a client may send")
     auth: AuthConfig = _setting(AuthConfig(), "who may connect: credentials")
     policy: PolicyConfig = _setting(PolicyConfig(), "where clients may go")
+    admin: AdminConfig = _setting(AdminConfig(), "health, readiness and metrics endpoints")
+    drain: DrainConfig = _setting(DrainConfig(), "graceful stop on SIGTERM")
 
 
 def _listeners_safe(config: Config) -> None:
@@ -402,3 +447,39 @@ def load(
         raise ConfigError("listeners: expected at least one listener")
     _listeners_safe(config)
     return config
+
+
+# -- showing the configuration ------------------------------------------------------------
+
+
+def _tree(value: Any) -> Any:
+    """A plain YAML-able tree of ``value``; fields marked ``secret`` are masked when set."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        tree: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            secret = f.metadata.get("secret", False)
+            tree[f.name] = MASK if secret and item not in ("", None, (), 0) else _tree(item)
+        return tree
+    if isinstance(value, tuple | list):
+        return [_tree(item) for item in value]
+    return value
+
+
+def to_yaml(config: Config) -> str:
+    """The effective configuration as YAML that `load` accepts; secrets are masked."""
+    text: str = yaml.safe_dump(_tree(config), sort_keys=False, default_flow_style=False)
+    return text
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The dotted paths of the keys whose values differ (names only, never values)."""
+    changed = []
+    for path, _, _ in iter_keys():
+        a: Any = old
+        b: Any = new
+        for part in path:
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            changed.append(".".join(path))
+    return changed

@@ -1,20 +1,28 @@
 """Logging set-up and the structured event line.
 
-Every event worth a line (listening, a tunnel's end, a refusal) is logged through
-`event()`: a name plus fields. The text form is ``NAME key=value ...``, values quoted when
-they hold spaces, so a line greps and parses the same way every time; the fields also ride
-on the record (``record.fields``) for structured formatters.
+Every event worth a line (a tunnel's end, a refusal) is logged through `event()`: a name
+plus fields. The text form is ``NAME key=value ...``, values quoted when they hold spaces,
+so a line greps and parses the same way every time; the fields also ride on the record
+(``record.fields``) for structured formatters. Lifecycle lines (listening, ready, draining,
+reloaded, stopped) go through `lifecycle()`: a sentence for people, plus the event name
+and fields.
+
+Two formats (``log.format``): ``text`` (``time level logger message``) and ``json`` (one
+object a line: ``time``, ``level``, ``logger``, ``event`` and its fields, and ``message``
+for lines that are not just their fields).
 
 Rules: nothing here ever receives a credential; callers pass only what may be shown.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 
-__all__ = ["event", "format_fields", "setup_logging"]
+__all__ = ["JsonFormatter", "event", "format_fields", "lifecycle", "setup_logging"]
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -38,10 +46,49 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         )
 
 
-def setup_logging(level: str) -> None:
-    """Send log lines to stderr as ``time level logger message``."""
+def lifecycle(
+    logger: logging.Logger,
+    name: str,
+    message: str,
+    level: int = logging.INFO,
+    **fields: object,
+) -> None:
+    """Log a lifecycle line: ``message`` for people, ``name`` and ``fields`` for JSON."""
+    logger.log(level, "%s", message, extra={"event": name, "fields": fields, "with_message": True})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line; an event's fields sit beside ``event`` at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        name = getattr(record, "event", None)
+        fields = getattr(record, "fields", None)
+        if name is not None:
+            line["event"] = name
+        if name is None or getattr(record, "with_message", False):
+            line["message"] = record.getMessage()
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                line.setdefault(str(key), value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def setup_logging(level: str, format: str = "text") -> None:
+    """Send log lines to stderr, as text (``time level logger message``) or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    if format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

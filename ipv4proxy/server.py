@@ -16,19 +16,26 @@ Rules:
   from one address) are closed at accept, with no reply and one log line. Idle tunnels
   are found by one sweep per process, not a timer per tunnel or per read: every tenth of
   idle_timeout it compares each tunnel's byte counters with the last sweep's.
+- A session takes the Proxy's configuration and policy when it is accepted and keeps them:
+  a reload (SIGHUP) changes what later connections get, never an open one.
+- Operations (metrics, drain bookkeeping) live in the `Proxy`; a session reports to it in
+  a few places only, each marked ``# ops``: accept and close, the handover to the relay
+  and the tunnel-closed callback, and `_refuse`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Sequence
 from typing import cast
 
 from ipv4proxy.config import Config
-from ipv4proxy.errors import Failure, PolicyDenied, ProtocolError, ProxyError
-from ipv4proxy.log import event
+from ipv4proxy.errors import ConfigError, Failure, PolicyDenied, ProtocolError, ProxyError
+from ipv4proxy.log import event, lifecycle
+from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net.dialer import dial
 from ipv4proxy.net.relay import Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
@@ -58,20 +65,51 @@ def _address(peer: object) -> str:
     return "-"
 
 
-class Proxy:
-    """The listeners of one process, and what every session shares."""
+# After the tunnels are cut at the end of a drain, how long to wait for their close
+# callbacks (access lines, metrics) and for the listeners to finish closing.
+_CLOSE_SECONDS = 2.0
 
-    def __init__(self, config: Config, resolver: Resolver, policy: Policy | None = None) -> None:
+
+class Proxy:
+    """The listeners of one process, what every session shares, and the open connections.
+
+    ``config`` and ``policy`` are the current ones (replaced by `reload`); ``sessions`` are
+    client connections still in their handshake, ``tunnels`` the relayed ones: the drain
+    waits for both to empty.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver | None = None,
+        policy: Policy | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
-        self.resolver = resolver
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.resolver = resolver if resolver is not None else self._resolver(config)
         self.policy = policy if policy is not None else Policy(config)
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
+        self._bound: list[tuple[str, int]] = []
         self.connections = 0
         self.per_client: dict[str, int] = {}
         # Open tunnels -> [bytes moved at the last sweep, loop time they last changed].
         self.tunnels: dict[Tunnel, list[float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self.sessions: set[Session] = set()
+        self.listening = False
+        self.draining = False
+        self._cutting = False
+        self._idle = asyncio.Event()
+
+    def _resolver(self, config: Config) -> Resolver:
+        return Resolver(config.resolver, on_lookup=self.metrics.dns_lookup)
+
+    @property
+    def ready(self) -> bool:
+        """Listening and not draining: what /readyz answers."""
+        return self.listening and not self.draining
 
     def admit(self, host: str) -> str | None:
         """Count a new client connection; or the reason it is over a limit."""
@@ -120,10 +158,95 @@ class Proxy:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port))
-                log.info("listening on %s", _address((host, port)))
+                address = _address((host, port))
+                lifecycle(log, "listening", f"listening on {address}", address=address)
+        self._bound = bound
         self.policy.listening_on(bound)
         self._sweeper = self.loop.call_later(self.config.limits.idle_timeout / 10, self._sweep)
+        self.listening = True
+        self.metrics.ready.set(1)
         return bound
+
+    def reload(self, config: Config, policy: Policy | None = None) -> None:
+        """Make ``config`` (and its ``policy``) what new connections get. Raises ConfigError
+        when it changes what cannot change in a running process."""
+        if config.listeners != self.config.listeners:
+            raise ConfigError("listeners cannot change on reload; restart")
+        if config.admin != self.config.admin:
+            raise ConfigError("admin.listen cannot change on reload; restart")
+        policy = policy if policy is not None else Policy(config)
+        policy.listening_on(self._bound)
+        if config.resolver != self.config.resolver:
+            self.resolver = self._resolver(config)  # open lookups finish on the old one
+        self.config, self.policy = config, policy
+
+    async def drain(self, grace: float, force: asyncio.Event) -> int:
+        """Stop accepting, wait up to ``grace`` seconds (or until ``force`` is set) for the
+        open connections to end, then cut the rest. Returns how many were cut."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        for server in self._servers:
+            server.close()
+        self._check_idle()
+        waiters = [
+            asyncio.ensure_future(self._idle.wait()),
+            asyncio.ensure_future(force.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        cut = self.cut()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await self._idle.wait()
+                await self.close()
+        return cut
+
+    def cut(self) -> int:
+        """Abort every open connection now; returns how many there were."""
+        self._cutting = True
+        count = len(self.tunnels) + len(self.sessions)
+        for tunnel in list(self.tunnels):
+            for pump in (tunnel.client, tunnel.upstream):
+                if pump.transport is not None:
+                    pump.transport.abort()
+        for session in list(self.sessions):
+            session.transport.abort()
+        return count
+
+    def _check_idle(self) -> None:
+        if self.draining and not self.sessions and not self.tunnels:
+            self._idle.set()
+
+    # What sessions report (the "# ops" places in Session).
+
+    def session_ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self._check_idle()
+
+    def tunnel_opened(
+        self, session: Session, tunnel: Tunnel, protocol: str, seconds: float
+    ) -> None:
+        self.sessions.discard(session)
+        self.tunnels[tunnel] = [0, self.loop.time()]
+        self.metrics.tunnel_opened(protocol, seconds)
+
+    def tunnel_closed(self, tunnel: Tunnel, protocol: str) -> str:
+        """Forget a closed tunnel and count it; returns its outcome for the access line."""
+        seen = self.tunnels.pop(tunnel, None)
+        if seen is None:
+            return CLOSED_OK
+        if seen[1] < 0:
+            outcome = Failure.IDLE_TIMEOUT.cause
+        else:
+            outcome = CLOSED_CUT if self._cutting else CLOSED_OK
+        self.metrics.tunnel_closed(
+            protocol, outcome, tunnel.client.received, tunnel.upstream.received
+        )
+        self._check_idle()
+        return outcome
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -142,6 +265,9 @@ class Session(asyncio.Protocol):
     def __init__(self, proxy: Proxy, listener: int = 0) -> None:
         self.proxy = proxy
         self.listener = listener
+        # Taken at accept: a reload never changes an open session.
+        self.config = proxy.config
+        self.policy = proxy.policy
         self.client = "-"
         self.host = "-"  # the client's address, without the port: what limits count
         self.counted = False
@@ -154,6 +280,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.proxy.sessions.add(self)  # ops: the drain waits for sessions too
         peer = transport.get_extra_info("peername")
         self.client = _address(peer)
         self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
@@ -165,10 +292,10 @@ class Session(asyncio.Protocol):
             self._refuse(error, "-")  # no handshake yet: closed with no reply
             return
         self.counted = True
-        decision = self.proxy.policy.client(self.listener, self.host)
+        decision = self.policy.client(self.listener, self.host)
         if not decision.allowed:
             self.denied = decision.error()  # answered in the client's protocol, first byte
-        timeout = self.proxy.config.limits.handshake_timeout
+        timeout = self.config.limits.handshake_timeout
         self.timer = self.proxy.loop.call_later(timeout, self._handshake_timeout)
 
     def release(self) -> None:
@@ -182,8 +309,8 @@ class Session(asyncio.Protocol):
         if handshake is None:
             handshake = new_handshake(
                 data[0],
-                max_head=self.proxy.config.limits.max_head,
-                require_auth=self.proxy.policy.auth_required,
+                max_head=self.config.limits.max_head,
+                require_auth=self.policy.auth_required,
             )
             self.handshake = handshake
             if self.denied is not None:
@@ -203,6 +330,7 @@ class Session(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
         self.release()
+        self.proxy.session_ended(self)  # ops
 
     # handshake
 
@@ -213,7 +341,7 @@ class Session(asyncio.Protocol):
             if isinstance(item, Send):
                 self.transport.write(item.data)
             elif isinstance(item, Authenticate):
-                decision = self.proxy.policy.credentials((item.username, item.password))
+                decision = self.policy.credentials((item.username, item.password))
                 self.transport.write(handshake.auth_result(decision.allowed))  # type: ignore[union-attr]
                 if not decision.allowed:
                     self.handshake = None  # the RFC 1929 failure reply is the whole answer
@@ -230,7 +358,7 @@ class Session(asyncio.Protocol):
                 return
 
     def _handshake_timeout(self) -> None:
-        timeout = self.proxy.config.limits.handshake_timeout
+        timeout = self.config.limits.handshake_timeout
         error = ProtocolError(
             f"request not complete after {timeout:g} s", failure=Failure.HANDSHAKE_TIMEOUT
         )
@@ -247,6 +375,7 @@ class Session(asyncio.Protocol):
         if self.handshake is not None:
             self.transport.write(self.handshake.error_reply(error))
         self.transport.close()
+        self.proxy.metrics.refused(error)  # ops
         event(
             access,
             "tunnel",
@@ -264,7 +393,7 @@ class Session(asyncio.Protocol):
         destination = request.destination
         target = f"{destination.host}:{destination.port}"
         started = self.proxy.loop.time()
-        policy = self.proxy.policy
+        policy = self.policy
         try:
             require(policy.credentials(request.credentials))
             require(policy.destination(destination))
@@ -276,7 +405,7 @@ class Session(asyncio.Protocol):
                 addresses, decision = policy.addresses(resolved, destination.port, destination.host)
                 require(decision)
             sock, address = await dial(
-                addresses, destination.port, self.proxy.config.dialer, name=destination.host
+                addresses, destination.port, self.config.dialer, name=destination.host
             )
         except ProxyError as exc:
             self._refuse(exc, request.protocol, target)
@@ -306,10 +435,10 @@ class Session(asyncio.Protocol):
         protocol = request.protocol
         target = f"{request.destination.host}:{request.destination.port}"
         client_name = self.client
-        tunnels = self.proxy.tunnels
+        proxy = self.proxy
 
         def closed(tunnel: Tunnel) -> None:
-            seen = tunnels.pop(tunnel, None)
+            outcome = proxy.tunnel_closed(tunnel, protocol)  # ops
             self.release()
             event(
                 access,
@@ -322,11 +451,11 @@ class Session(asyncio.Protocol):
                 sent=tunnel.client.received,
                 received=tunnel.upstream.received,
                 duration_ms=round((loop.time() - started) * 1000, 1),
-                outcome=Failure.IDLE_TIMEOUT.cause if seen and seen[1] < 0 else "ok",
+                outcome=outcome,
             )
 
         tunnel = Tunnel(closed)
-        tunnels[tunnel] = [0, loop.time()]
+        proxy.tunnel_opened(self, tunnel, protocol, connected - started)  # ops
         tune_socket(sock)
         tune_socket(client.get_extra_info("socket"))
         local = sock.getsockname()

@@ -11,6 +11,8 @@ Rules:
   cancelled caller does not cancel the others).
 - Failures are ResolveError with the cause: NXDOMAIN, NODATA (the name exists but has no A
   record) or DNS_FAILURE (servers failed or timed out).
+- Each lookup is reported once to the ``on_lookup`` hook (metrics) with one of
+  LOOKUP_RESULTS; serve-stale reports LOOKUP_STALE when it answers from an expired entry.
 """
 
 from __future__ import annotations
@@ -30,11 +32,45 @@ import dns.resolver
 from ipv4proxy.config import ResolverConfig
 from ipv4proxy.errors import Failure, ResolveError
 
-__all__ = ["Resolver", "read_hosts"]
+__all__ = [
+    "LOOKUP_ERROR",
+    "LOOKUP_HIT",
+    "LOOKUP_MISS",
+    "LOOKUP_NODATA",
+    "LOOKUP_NXDOMAIN",
+    "LOOKUP_RESULTS",
+    "LOOKUP_STALE",
+    "LookupHook",
+    "Resolver",
+    "dns_resolver",
+    "read_hosts",
+]
 
 log = logging.getLogger("ipv4proxy.resolver")
 
 Clock = Callable[[], float]
+LookupHook = Callable[[str], None]
+
+# What one lookup ended as, for the on_lookup hook (the metrics' ``result`` label).
+LOOKUP_HIT = "hit"  # answered from the cache or the hosts file
+LOOKUP_MISS = "miss"  # asked DNS (or joined a query in flight) and got A records
+LOOKUP_STALE = "stale"  # answered from an expired entry because DNS failed (serve-stale)
+LOOKUP_NXDOMAIN = "nxdomain"
+LOOKUP_NODATA = "nodata"
+LOOKUP_ERROR = "error"  # DNS servers failed or timed out
+LOOKUP_RESULTS = (
+    LOOKUP_HIT,
+    LOOKUP_MISS,
+    LOOKUP_STALE,
+    LOOKUP_NXDOMAIN,
+    LOOKUP_NODATA,
+    LOOKUP_ERROR,
+)
+_FAILURE_RESULTS = {Failure.NXDOMAIN: LOOKUP_NXDOMAIN, Failure.NODATA: LOOKUP_NODATA}
+
+
+def _ignore(result: str) -> None:
+    pass
 
 
 def read_hosts(text: str) -> dict[str, tuple[str, ...]]:
@@ -62,6 +98,11 @@ def _load_hosts(path: str) -> dict[str, tuple[str, ...]]:
     except OSError as exc:
         log.warning("hosts file %s not read (%s); DNS only", path, exc.strerror)
         return {}
+
+
+def dns_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver with the proxy's settings (``doctor`` asks it for AAAA too)."""
+    return _dns_resolver(config)
 
 
 def _dns_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
@@ -104,9 +145,11 @@ class Resolver:
         *,
         clock: Clock = time.monotonic,
         hosts: Mapping[str, tuple[str, ...]] | None = None,
+        on_lookup: LookupHook = _ignore,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._on_lookup = on_lookup
         self._hosts = dict(hosts) if hosts is not None else _load_hosts(config.hosts_file)
         self._dns = _dns_resolver(config)
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
@@ -119,16 +162,24 @@ class Resolver:
         """
         hosts = self._hosts.get(name)
         if hosts:
+            self._on_lookup(LOOKUP_HIT)
             return hosts
         entry = self._cache.get(name)
         if entry is not None and entry[0] > self._clock():
+            self._on_lookup(LOOKUP_HIT)
             return entry[1]
         flight = self._flights.get(name)
         if flight is None:
             flight = asyncio.ensure_future(self._query(name))
             self._flights[name] = flight
             flight.add_done_callback(lambda _: self._flights.pop(name, None))
-        return await asyncio.shield(flight)
+        try:
+            addresses = await asyncio.shield(flight)
+        except ResolveError as exc:
+            self._on_lookup(_FAILURE_RESULTS.get(exc.failure, LOOKUP_ERROR))
+            raise
+        self._on_lookup(LOOKUP_MISS)
+        return addresses
 
     async def _query(self, name: str) -> tuple[str, ...]:
         try:

@@ -1,0 +1,141 @@
+"""Prometheus metrics: what the proxy counts, kept in a registry of its own.
+
+Every series is listed here, with the label values it can take, so the whole set can be
+read in one place (the README's metrics table is this list). The exposition format and the
+histogram maths are prometheus-client's job; `Metrics.render()` returns the text page.
+
+Rules:
+- Bounded label cardinality: labels are protocol names, failure causes (the
+  ``errors.Failure`` names), errno names, DNS result names and directions. A destination
+  name or address is never a label (it lives in the access log line).
+- Cheap on the hot path: nothing is counted per read; a tunnel's bytes are added once, when
+  it closes. A refusal or a tunnel costs a few dictionary lookups.
+- Its own CollectorRegistry, not the process-global one, so a test (or a second Proxy in one
+  process) gets fresh numbers, and no library's metrics leak onto the page.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ipv4proxy.errors import DialError, Failure, ProxyError
+from ipv4proxy.net.resolver import LOOKUP_RESULTS
+
+__all__ = ["CONNECT_BUCKETS", "CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Seconds from a complete request to a connected upstream socket (DNS lookup included).
+# Fine below 250 ms, where Node's Happy Eyeballs attempt timer sits, and up to the 10 s
+# connect timeout, where a black-holed address ends.
+CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Outcome of a tunnel that was open: ended by one of its sides, or cut when the drain's
+# grace period ran out (or at a second stop signal).
+CLOSED_OK = "ok"
+CLOSED_CUT = "cut"
+
+
+class Metrics:
+    """The proxy's counters; one instance per Proxy."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tunnels_opened = Counter(
+            "ipv4proxy_tunnels_opened",
+            "Tunnels whose upstream connection was made, by client protocol",
+            ["protocol"],
+            registry=r,
+        )
+        self.tunnels_closed = Counter(
+            "ipv4proxy_tunnels_closed",
+            "Tunnels that ended, by client protocol and outcome (ok: a side closed; "
+            "cut: closed by the proxy at the end of a drain)",
+            ["protocol", "outcome"],
+            registry=r,
+        )
+        self.tunnels_active = Gauge("ipv4proxy_tunnels_active", "Tunnels open now", registry=r)
+        self.connect_seconds = Histogram(
+            "ipv4proxy_connect_seconds",
+            "Seconds from a complete request to a connected upstream socket (DNS included)",
+            buckets=CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.dns_lookups = Counter(
+            "ipv4proxy_dns_lookups",
+            "Name lookups by result: hit (cache or hosts file), miss (asked DNS, got A "
+            "records), stale (expired answer served), nxdomain, nodata, error",
+            ["result"],
+            registry=r,
+        )
+        self.connect_failures = Counter(
+            "ipv4proxy_upstream_connect_failures",
+            "Failed IPv4 connect attempts of dials that found no working address, by errno",
+            ["cause"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "ipv4proxy_tunnel_bytes",
+            "Bytes relayed by closed tunnels: sent (client to destination), received "
+            "(destination to client)",
+            ["direction"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "ipv4proxy_refusals",
+            "Requests refused, by cause (the outcome of the access line)",
+            ["reason"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "ipv4proxy_config_reloads",
+            "SIGHUP reloads by result (applied or refused)",
+            ["result"],
+            registry=r,
+        )
+        self.ready = Gauge("ipv4proxy_ready", "1 when listening and not draining", registry=r)
+        # Series that exist from the start read 0 instead of being absent, so rate() and
+        # alerts work before the first event.
+        for result in LOOKUP_RESULTS:
+            self.dns_lookups.labels(result)
+        for failure in Failure:
+            self.refusals.labels(failure.cause)
+        for direction in ("sent", "received"):
+            self.bytes.labels(direction)
+        for result in ("applied", "refused"):
+            self.reloads.labels(result)
+
+    def tunnel_opened(self, protocol: str, connect_seconds: float) -> None:
+        self.tunnels_opened.labels(protocol).inc()
+        self.tunnels_active.inc()
+        self.connect_seconds.observe(connect_seconds)
+
+    def tunnel_closed(self, protocol: str, outcome: str, sent: int, received: int) -> None:
+        self.tunnels_closed.labels(protocol, outcome).inc()
+        self.tunnels_active.dec()
+        self.bytes.labels("sent").inc(sent)
+        self.bytes.labels("received").inc(received)
+
+    def refused(self, error: ProxyError) -> None:
+        """Count a refusal, and each failed connect attempt a DialError carries."""
+        self.refusals.labels(error.failure.cause).inc()
+        if isinstance(error, DialError):
+            for _, failure in error.attempts:
+                self.connect_failures.labels(errno_name(failure)).inc()
+
+    def dns_lookup(self, result: str) -> None:
+        """The resolver's hook: one call per lookup, with one of LOOKUP_RESULTS."""
+        self.dns_lookups.labels(result).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
+        return generate_latest(self.registry)
+
+
+def errno_name(error: OSError) -> str:
+    """``ETIMEDOUT``, ``ECONNREFUSED`` ...; a bounded set (errno names, or ``OTHER``)."""
+    return errno.errorcode.get(error.errno or 0, "OTHER")
