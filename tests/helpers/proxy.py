@@ -36,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # a test name resolves to. Every test server listens on 127.0.0.0/8 on a port the kernel
 # picks, which the default policy refuses (loopback is a special range, and only ports 80,
 # 443 and 5222 are allowed), so the test proxies open exactly that: loopback, any port.
+# The admin listener takes a free port (`ProxyProcess.admin_port`), so proxies started side
+# by side never collide on the default 9128.
 DEFAULT_PROXY_FLAGS: tuple[str, ...] = (
     "--hosts-file",
     "/dev/null",
@@ -47,6 +49,8 @@ DEFAULT_PROXY_FLAGS: tuple[str, ...] = (
     "1-65535",
     "--log-level",
     "info",
+    "--admin-listen",
+    "127.0.0.1:0",
 )
 
 # Bounds: waiting for the "listening on" line, for SIGTERM to end the process (before
@@ -58,6 +62,7 @@ LOG_WAIT_SECONDS = 5.0
 _MAX_LOG_LINES = 200_000
 
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+_ADMIN = re.compile(r"admin endpoints on http://127\.0\.0\.1:(\d+)")
 _ACCESS = re.compile(r"\btunnel client=")
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 # Lines that mean the proxy met an error it did not handle.
@@ -100,6 +105,7 @@ class ProxyProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self.port = 0
+        self.admin_port = 0  # 0 when the admin listener is off
         self.returncode: int | None = None
         self.killed = False
 
@@ -135,6 +141,20 @@ class ProxyProcess:
                 + "\n".join(self.logs())
             )
         self.port = int(match[1])
+        if self._admin_on():
+            line = self.wait_for_line(lambda text: _ADMIN.search(text) is not None, START_SECONDS)
+            found = _ADMIN.search(line) if line else None
+            if found is None:
+                self.stop()
+                raise ProxyStartError(
+                    "no 'admin endpoints on' line; stderr:\n" + "\n".join(self.logs())
+                )
+            self.admin_port = int(found[1])
+
+    def _admin_on(self) -> bool:
+        """The last --admin-listen flag wins; an empty value turns the listener off."""
+        values = [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == "--admin-listen"]
+        return bool(values and values[-1])
 
     def _read_stderr(self) -> None:
         process = self._process
@@ -214,6 +234,21 @@ class ProxyProcess:
     def crash_lines(self) -> list[str]:
         """Lines that show an unhandled error in the proxy."""
         return [text for text in self.logs() if any(marker in text for marker in _CRASH_MARKERS)]
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send a signal to the process this object started (by PID)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait, bounded, for the process to exit; its exit code, or None if it has not."""
+        if self._process is None:
+            return None
+        try:
+            self.returncode = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.returncode
 
     def stop(self) -> None:
         """Stop the process this object started, by PID: SIGTERM, SIGKILL after a bound."""

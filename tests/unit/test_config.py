@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
-from ipv4proxy.cli import parse
-from ipv4proxy.config import Config, Listener, env_name, flag_name, iter_keys, load, parse_hostport
+import pytest
+import yaml
+
+from ipv4proxy.cli import main, parse
+from ipv4proxy.config import (
+    MASK,
+    Config,
+    Listener,
+    _setting,
+    changed_keys,
+    env_name,
+    flag_name,
+    iter_keys,
+    load,
+    parse_hostport,
+    to_yaml,
+)
 from ipv4proxy.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "config.example.yaml"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +99,11 @@ def test_listeners_from_file_env_and_flags() -> None:
         ("resolver: {nameservers: '[::1]:53'}", r"^resolver\.nameservers\[0\]: ::1 is IPv6"),
         ("- a\n- b", r"^config file: expected a mapping at the top"),
         ("a: [", r"^config file: not valid YAML"),
+        ("log: {format: xml}", r"^log\.format: expected one of text, json, got 'xml'$"),
+        ("admin: {listen: 9128}", r"^admin\.listen: expected HOST:PORT, or an empty string"),
+        ("admin: {listen: '[::1]:9128'}", r"^admin\.listen: expected an IPv4 HOST:PORT"),
+        ("drain: {grace_period: -1}", r"^drain\.grace_period: expected a number > 0"),
+        ("drain: {grace: 1}", r"^drain\.grace: unknown key"),
     ],
 )
 def test_errors_name_the_key(text: str, message: str) -> None:
@@ -108,3 +133,94 @@ def test_short_flag_spellings() -> None:
     assert config.resolver.nameserver_addresses() == (("127.0.0.1", 5353),)
     assert config.dialer.connect_timeout == 2.0
     assert config.resolver.hosts_file == "/dev/null"
+
+
+def test_admin_listener_can_be_turned_off() -> None:
+    assert load("admin: {listen: ''}").admin.listen == ""
+    assert load(environ={"IPV4PROXY_ADMIN_LISTEN": ""}).admin.listen == ""
+
+
+def test_example_file_documents_every_key_and_loads_to_the_defaults() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert load(text) == Config()
+    tree = yaml.safe_load(text)
+    for path, _, _ in iter_keys():
+        node = tree
+        for part in path:
+            assert isinstance(node, dict), path
+            assert part in node, f"{'.'.join(path)} missing from {EXAMPLE.name}"
+            node = node[part]
+        # Each key has its own comment, on the line right above it.
+        assert re.search(rf"#[^\n]*\n[ ]*{path[-1]}:", text), f"{'.'.join(path)} has no comment"
+
+
+def test_effective_configuration_round_trips_through_yaml() -> None:
+    config = load("dialer: {connect_timeout: 3}\nlisteners: ['127.0.0.1:1', '127.0.0.2:2']")
+    assert load(to_yaml(config)) == config
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    name: str = _setting("", "user name")
+    password: str = _setting("", "password", secret=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _WithSecrets:
+    token: str = _setting("", "a secret", secret=True)
+    users: tuple[_User, ...] = _setting((), "users")
+    level: str = _setting("info", "not a secret")
+
+
+def test_fields_marked_secret_are_masked_wherever_they_sit() -> None:
+    config = _WithSecrets(token="s3cret-token", users=(_User("ana", "hunter2"),))
+    text = to_yaml(config)  # type: ignore[arg-type]
+    assert "s3cret-token" not in text
+    assert "hunter2" not in text
+    assert yaml.safe_load(text) == {
+        "token": MASK,
+        "users": [{"name": "ana", "password": MASK}],
+        "level": "info",
+    }
+    # An unset secret shows as unset, so an operator sees whether one is configured.
+    assert yaml.safe_load(to_yaml(_WithSecrets()))["token"] == ""  # type: ignore[arg-type]
+
+
+def test_every_secret_key_of_the_real_config_is_masked() -> None:
+    secrets = [path for path, _, f in iter_keys() if f.metadata.get("secret")]
+    for path, _, f in iter_keys():
+        assert "secret" in f.metadata, path  # every key says whether it is one
+    tree = yaml.safe_load(to_yaml(Config()))
+    for path in secrets:
+        node = tree
+        for part in path:
+            node = node[part]
+        assert node in (MASK, "", [], None, 0), path
+
+
+def test_check_config_prints_the_effective_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(EXAMPLE), "--connect-timeout", "4"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert load(printed) == dataclasses.replace(
+        Config(), dialer=dataclasses.replace(Config().dialer, connect_timeout=4.0)
+    )
+
+
+def test_check_config_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("drain: {grace_period: soon}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--config", str(bad)])
+    assert exited.value.code == 2
+    assert "drain.grace_period: expected a number" in capsys.readouterr().err
+
+
+def test_changed_keys_names_keys_not_values() -> None:
+    old = load()
+    new = load("dialer: {connect_timeout: 3}\nlog: {format: json}")
+    assert changed_keys(old, new) == ["log.format", "dialer.connect_timeout"]
+    assert changed_keys(old, old) == []
