@@ -459,7 +459,12 @@ def _tree(value: Any) -> Any:
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
             secret = f.metadata.get("secret", False)
-            tree[f.name] = MASK if secret and item not in ("", None, (), 0) else _tree(item)
+            if secret and isinstance(item, tuple | list):
+                tree[f.name] = [MASK for _ in item]  # how many, never what
+            elif secret and item not in ("", None, 0):
+                tree[f.name] = MASK
+            else:
+                tree[f.name] = _tree(item)
         return tree
     if isinstance(value, tuple | list):
         return [_tree(item) for item in value]
