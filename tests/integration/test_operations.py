@@ -202,6 +202,8 @@ async def test_grace_period_end_cuts_what_is_left(
     assert await tunnel.read_to_eof() == b""
     await tunnel.close()
     assert "stopped; 1 connections cut" in await wait_line(proxy, "stopped", mark)
+    fields = await proxy.access(client=tunnel.client)
+    assert fields["outcome"] == "cut", fields
 
 
 async def test_second_signal_exits_at_once(
@@ -237,11 +239,17 @@ async def test_reload_under_traffic(
     assert reply.status == 200
     await echo_once(tunnel, b"before the reload\n")
 
-    config.write_text("limits:\n  max_head: 1024\n", encoding="utf-8")
+    config.write_text(
+        "limits:\n  max_head: 1024\npolicy:\n  deny_domains: [dual.test]\n", encoding="utf-8"
+    )
     mark = proxy.mark()
     proxy.send_signal(signal.SIGHUP)
-    assert "changed: limits.max_head" in await wait_line(proxy, "reloaded configuration", mark)
+    line = await wait_line(proxy, "reloaded configuration", mark)
+    assert "changed: limits.max_head, policy.deny_domains" in line
     await echo_once(tunnel, b"after the reload\n")  # the open tunnel is untouched
+    denied, reply = await http_connect(proxy.port, f"dual.test:{servers.echo_port}")
+    assert reply.status == 403, reply  # the new policy applies to new connections
+    await denied.close()
     refused, reply = await http_connect(proxy.port, target, extra_head=big_header)
     assert reply.status == 431, reply  # a new connection gets the new limit
     await refused.close()
@@ -251,6 +259,9 @@ async def test_reload_under_traffic(
     proxy.send_signal(signal.SIGHUP)
     line = await wait_line(proxy, "reload refused", mark)
     assert "limits.max_head: expected an integer" in line
+    denied, reply = await http_connect(proxy.port, f"dual.test:{servers.echo_port}")
+    assert reply.status == 403, reply  # so does the policy
+    await denied.close()
     refused, reply = await http_connect(proxy.port, target, extra_head=big_header)
     assert reply.status == 431, reply  # the old (reloaded) settings stay
     await refused.close()

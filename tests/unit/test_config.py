@@ -196,6 +196,10 @@ def test_every_secret_key_of_the_real_config_is_masked() -> None:
         for part in path:
             node = node[part]
         assert node in (MASK, "", [], None, 0), path
+    shown = to_yaml(load("auth: {users: ['ana:hunter2', 'bo:s3cret']}"))
+    assert "hunter2" not in shown
+    assert "s3cret" not in shown
+    assert yaml.safe_load(shown)["auth"]["users"] == [MASK, MASK]
 
 
 def test_check_config_prints_the_effective_yaml(capsys: pytest.CaptureFixture[str]) -> None:
