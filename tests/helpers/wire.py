@@ -138,23 +138,31 @@ async def http_connect(
     reply's body is read in full.
     """
     tunnel = await open_tunnel_socket(proxy_port)
-    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra_head}\r\n"
-    tunnel.writer.write(head.encode("latin-1") + early)
-    async with asyncio.timeout(WIRE_SECONDS):
-        await tunnel.writer.drain()
-    reply = await read_http_reply(tunnel, read_body=False)
-    if not 200 <= reply.status < 300:
-        reply.body = await _read_body(tunnel, reply.headers)
-    return tunnel, reply
+    try:
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra_head}\r\n"
+        tunnel.writer.write(head.encode("latin-1") + early)
+        async with asyncio.timeout(WIRE_SECONDS):
+            await tunnel.writer.drain()
+        reply = await read_http_reply(tunnel, read_body=False)
+        if not 200 <= reply.status < 300:
+            reply.body = await _read_body(tunnel, reply.headers)
+        return tunnel, reply
+    except BaseException:  # a half-made exchange must not leak its socket
+        await tunnel.close()
+        raise
 
 
 async def http_raw(proxy_port: int, data: bytes) -> tuple[Tunnel, HttpReply]:
     """Send `data` as is (a malformed request, say); read the HTTP reply with its body."""
     tunnel = await open_tunnel_socket(proxy_port)
-    tunnel.writer.write(data)
-    async with asyncio.timeout(WIRE_SECONDS):
-        await tunnel.writer.drain()
-    return tunnel, await read_http_reply(tunnel, read_body=True)
+    try:
+        tunnel.writer.write(data)
+        async with asyncio.timeout(WIRE_SECONDS):
+            await tunnel.writer.drain()
+        return tunnel, await read_http_reply(tunnel, read_body=True)
+    except BaseException:  # a half-made exchange must not leak its socket
+        await tunnel.close()
+        raise
 
 
 @dataclass
@@ -186,26 +194,30 @@ async def socks5_request(
 ) -> tuple[Tunnel, Socks5Reply]:
     """Greet (no auth), send one request (and `early` in the same write), read the reply."""
     tunnel = await open_tunnel_socket(proxy_port)
-    tunnel.writer.write(b"\x05\x01\x00")
-    method = await tunnel.read_exactly(2)
-    if method != b"\x05\x00":
-        raise ValueError(f"SOCKS5 method selection {method!r}, expected no-auth")
-    request = b"\x05" + bytes([command, 0]) + socks5_address(host) + struct.pack("!H", port)
-    tunnel.writer.write(request + early)
-    version, code, _reserved, atyp = await tunnel.read_exactly(4)
-    if version != 5:
-        raise ValueError(f"SOCKS5 reply version {version}")
-    if atyp == 1:
-        bound = str(ipaddress.IPv4Address(await tunnel.read_exactly(4)))
-    elif atyp == 4:
-        bound = str(ipaddress.IPv6Address(await tunnel.read_exactly(16)))
-    elif atyp == 3:
-        (length,) = await tunnel.read_exactly(1)
-        bound = (await tunnel.read_exactly(length)).decode("idna")
-    else:
-        raise ValueError(f"SOCKS5 reply address type {atyp}")
-    (bound_port,) = struct.unpack("!H", await tunnel.read_exactly(2))
-    return tunnel, Socks5Reply(code=code, bound_address=bound, bound_port=bound_port)
+    try:
+        tunnel.writer.write(b"\x05\x01\x00")
+        method = await tunnel.read_exactly(2)
+        if method != b"\x05\x00":
+            raise ValueError(f"SOCKS5 method selection {method!r}, expected no-auth")
+        request = b"\x05" + bytes([command, 0]) + socks5_address(host) + struct.pack("!H", port)
+        tunnel.writer.write(request + early)
+        version, code, _reserved, atyp = await tunnel.read_exactly(4)
+        if version != 5:
+            raise ValueError(f"SOCKS5 reply version {version}")
+        if atyp == 1:
+            bound = str(ipaddress.IPv4Address(await tunnel.read_exactly(4)))
+        elif atyp == 4:
+            bound = str(ipaddress.IPv6Address(await tunnel.read_exactly(16)))
+        elif atyp == 3:
+            (length,) = await tunnel.read_exactly(1)
+            bound = (await tunnel.read_exactly(length)).decode("idna")
+        else:
+            raise ValueError(f"SOCKS5 reply address type {atyp}")
+        (bound_port,) = struct.unpack("!H", await tunnel.read_exactly(2))
+        return tunnel, Socks5Reply(code=code, bound_address=bound, bound_port=bound_port)
+    except BaseException:  # a half-made exchange must not leak its socket
+        await tunnel.close()
+        raise
 
 
 @dataclass
@@ -219,20 +231,24 @@ async def socks4_connect(
     """SOCKS4 CONNECT to an IPv4 literal, or SOCKS4a (0.0.0.1 plus the name) to a name."""
     tunnel = await open_tunnel_socket(proxy_port)
     try:
-        address = ipaddress.IPv4Address(host)
-        request = b"\x04\x01" + struct.pack("!H", port) + address.packed + user + b"\x00"
-    except ValueError:
-        request = (
-            b"\x04\x01"
-            + struct.pack("!H", port)
-            + b"\x00\x00\x00\x01"
-            + user
-            + b"\x00"
-            + host.encode("idna")
-            + b"\x00"
-        )
-    tunnel.writer.write(request + early)
-    version, code = (await tunnel.read_exactly(8))[:2]
-    if version != 0:
-        raise ValueError(f"SOCKS4 reply version {version}, expected 0")
-    return tunnel, Socks4Reply(code=code)
+        try:
+            address = ipaddress.IPv4Address(host)
+            request = b"\x04\x01" + struct.pack("!H", port) + address.packed + user + b"\x00"
+        except ValueError:
+            request = (
+                b"\x04\x01"
+                + struct.pack("!H", port)
+                + b"\x00\x00\x00\x01"
+                + user
+                + b"\x00"
+                + host.encode("idna")
+                + b"\x00"
+            )
+        tunnel.writer.write(request + early)
+        version, code = (await tunnel.read_exactly(8))[:2]
+        if version != 0:
+            raise ValueError(f"SOCKS4 reply version {version}, expected 0")
+        return tunnel, Socks4Reply(code=code)
+    except BaseException:  # a half-made exchange must not leak its socket
+        await tunnel.close()
+        raise
