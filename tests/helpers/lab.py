@@ -204,6 +204,9 @@ def sweep_stale() -> list[str]:
         if match and not _alive(int(match[1])):
             _remove_namespace(ip, name)
             removed.append(name)
+    if removed:
+        with contextlib.suppress(OSError):
+            Path("/etc/netns").rmdir()  # only if empty: a dead run may have created it
     return removed
 
 
