@@ -315,8 +315,8 @@ class Lab:
 
     workdir: Path
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(3)}")
-    gateway: str = ""
-    service: str = ""
+    gateway: str = field(init=False)
+    service: str = field(init=False)
     ca_file: Path = field(init=False)
     query_log: Path = field(init=False)
     _ip: str = field(init=False, default="")
@@ -325,8 +325,8 @@ class Lab:
     _made_etc_netns: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.gateway = self.gateway or f"{_PREFIX}{self.run_id}-gw"
-        self.service = self.service or f"{_PREFIX}{self.run_id}-svc"
+        self.gateway = f"{_PREFIX}{self.run_id}-gw"
+        self.service = f"{_PREFIX}{self.run_id}-svc"
         self.ca_file = self.workdir / "ca.pem"
         self.query_log = self.workdir / "dns-queries.jsonl"
 
@@ -373,8 +373,11 @@ class Lab:
             _run([*ip_svc, "addr", "add", f"{address}/{LAN_V4.prefixlen}", "dev", "eth0"])
         for address in (SERVICE_LINK_V6, SERVICE_V6):
             _run([*ip_svc, "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad"])
-        _run([self._ip, "netns", "exec", self.gateway, nft, "-f", "-"], stdin=_gateway_rules())
-        _run([self._ip, "netns", "exec", self.service, nft, "-f", "-"], stdin=_service_rules())
+        try:
+            for host, rules in ((self.gateway, _gateway_rules()), (self.service, _service_rules())):
+                _run([self._ip, "netns", "exec", host, nft, "-f", "-"], stdin=rules)
+        except RuntimeError as exc:
+            raise LabUnavailable(f"cannot load the nftables rules: {exc}") from exc
         self._write_resolv_conf()
         self._start_service()
 
@@ -455,6 +458,11 @@ class Lab:
                 if line.strip() == b"ready":
                     return True
         return False
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the processes the lab itself started (the service host's program)."""
+        return [process.pid for process in self._processes]
 
     # --- tearing down ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -34,6 +35,7 @@ from helpers.lab import (
     Counters,
     Lab,
     blackhole_counter,
+    sweep_stale,
 )
 from helpers.programs import NODE_DIR
 from helpers.proxy import ProxyProcess
@@ -52,6 +54,7 @@ WEB = "web.lab.test"
 MEDIA = "media.lab.test"
 WS_URL = f"wss://{WEB}/ws"
 MEDIA_URL = f"https://{MEDIA}/media"
+IP = shutil.which("ip") or "/usr/sbin/ip"
 # "Refused quickly": the answer comes from one DNS round trip, far below any timeout.
 QUICK_SECONDS = 5.0
 
@@ -346,3 +349,64 @@ def test_evidence_proxy_asks_no_aaaa_and_sends_no_ipv6(lab: Lab, lab_proxy: Prox
     proxy_questions = [q for q in lab.dns_queries() if q.server == PROXY_DNS]
     assert ("A", WEB) in {(q.qtype, q.name) for q in proxy_questions}
     assert [q for q in proxy_questions if q.qtype != "A"] == []
+
+
+# --- hygiene --------------------------------------------------------------------------------
+
+
+def _namespaces() -> set[str]:
+    listed = subprocess.run(
+        [IP, "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    )
+    return {line.split(" ", 1)[0] for line in listed.stdout.splitlines()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+
+
+def test_teardown_leaves_nothing(tmp_path: Path) -> None:
+    """A second lab, built and torn down: no namespace, /etc/netns file or process remains."""
+    other = Lab(tmp_path)
+    try:
+        other.build()
+        made = {other.gateway, other.service}
+        pids = other.pids
+        assert made <= _namespaces()
+        assert (Path("/etc/netns") / other.gateway / "resolv.conf").exists()
+        assert pids
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        other.teardown()
+    assert not made & _namespaces()
+    assert not (Path("/etc/netns") / other.gateway).exists()
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_stale_lab_of_a_killed_run_is_swept(tmp_path: Path) -> None:
+    """What a run killed outright left (its PID is gone) is removed by the next run."""
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=10)
+    name = f"ipv4proxy-lab-{dead.pid}-0000aa-gw"
+    etc = Path("/etc/netns") / name
+    subprocess.run([IP, "netns", "add", name], check=True, timeout=10)
+    leftover: subprocess.Popen[bytes] | None = None
+    try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text("nameserver 198.18.0.53\n")
+        leftover = subprocess.Popen([IP, "netns", "exec", name, "sleep", "60"])
+        assert name in sweep_stale()
+        assert leftover.wait(timeout=10) != 0  # killed by the sweep
+        assert name not in _namespaces()
+        assert not etc.exists()
+    finally:
+        if leftover is not None and leftover.poll() is None:
+            leftover.kill()
+            leftover.wait(timeout=10)
+        if name in _namespaces():
+            subprocess.run([IP, "netns", "delete", name], check=False, timeout=10)
+        shutil.rmtree(etc, ignore_errors=True)
