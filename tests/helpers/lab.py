@@ -58,6 +58,7 @@ __all__ = [
     "GATEWAY_V4",
     "LAB_CONNECT_TIMEOUT",
     "LAB_NAMES",
+    "LAN_V4",
     "MEDIA_BLOCKS",
     "MULTI_ADDRESSES",
     "PROXY_DNS",

@@ -19,6 +19,7 @@ import pytest
 from helpers.ci import unavailable
 from helpers.lab import (
     LAB_CONNECT_TIMEOUT,
+    LAN_V4,
     PROXY_DNS,
     PROXY_GID,
     Lab,
@@ -60,9 +61,17 @@ def lab_proxy(lab: Lab) -> Iterator[ProxyProcess]:
     At the end, for the whole run: no unhandled error in its stderr, no AAAA question from
     it, no IPv6 packet from it.
     """
+    # After the default test flags: argparse appends, so the lab's own network joins the
+    # destinations those flags allow (loopback), like an operator's allowlist would.
+    lab_flags = (
+        "--connect-timeout",
+        str(LAB_CONNECT_TIMEOUT),
+        "--policy-allow-cidrs",
+        str(LAN_V4),
+    )
     process = ProxyProcess(
         53,
-        ("--connect-timeout", str(LAB_CONNECT_TIMEOUT)),
+        lab_flags,
         lab.workdir / "proxy.log",
         nameserver_host=PROXY_DNS,
         command_prefix=lab.on_gateway(PROXY_GID),
