@@ -87,15 +87,26 @@ def parse_access_line(line: str) -> dict[str, str]:
 class ProxyProcess:
     """One running proxy. `port`, `url`, `logs()`, `wait_for_access()`, `stop()`."""
 
-    def __init__(self, nameserver_port: int, extra_args: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        nameserver_port: int,
+        extra_args: Sequence[str],
+        log_path: Path,
+        *,
+        nameserver_host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+    ) -> None:
+        """`command_prefix` runs the proxy through another command (the lab's ``ip netns
+        exec NS setpriv ...``, which execs, so the PID stays the proxy's own)."""
         self.argv: list[str] = [
+            *command_prefix,
             sys.executable,
             "-m",
             "ipv4proxy",
             "--listen",
             "127.0.0.1:0",
             "--nameserver",
-            f"127.0.0.1:{nameserver_port}",
+            f"{nameserver_host}:{nameserver_port}",
             *DEFAULT_PROXY_FLAGS,
             *extra_args,
         ]

@@ -13,6 +13,13 @@ function binaryMessage() {
   return data;
 }
 
+// The error as data, for a test to assert on: an AggregateError (Happy Eyeballs giving up)
+// carries one error per address tried, each with its code and address.
+function describe(error) {
+  const one = (e) => ({ name: e.name, code: e.code ?? null, message: e.message, address: e.address ?? null });
+  return { ...one(error), errors: (error.errors ?? []).map(one) };
+}
+
 export function echoOnce(url, text, options) {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
@@ -43,6 +50,7 @@ export function echoOnce(url, text, options) {
       clearTimeout(timer);
       console.error(`error: ${error.code ?? ""} ${error.message}`);
       if (error.errors) for (const inner of error.errors) console.error(`  ${inner.code ?? ""} ${inner.message}`);
+      console.error(`failure ${JSON.stringify(describe(error))}`);
       process.exit(1);
     });
   });
