@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "LimitsConfig",
     "Listener",
     "LogConfig",
+    "ParentConfig",
     "PolicyConfig",
     "ResolverConfig",
     "changed_keys",
@@ -53,6 +55,7 @@ __all__ = [
     "iter_keys",
     "load",
     "parse_hostport",
+    "redact_url",
     "to_yaml",
 ]
 
@@ -82,6 +85,14 @@ def _port(value: int) -> str | None:
 
 def _count(value: int) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "expected a number >= 0"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value < 1 else "expected a fraction from 0 up to (not including) 1"
 
 
 def _one_of(*choices: str) -> Check:
@@ -178,6 +189,32 @@ class ResolverConfig:
     min_ttl: float = _setting(1.0, "shortest time an answer is cached, seconds", _positive)
     # Long TTLs are cut so a moved service is followed within the hour.
     max_ttl: float = _setting(3600.0, "longest time an answer is cached, seconds", _positive)
+    # RFC 2308 section 5 calls 1-3 hours a reasonable cap; a sidecar wants a name that has
+    # just been created (a new service) usable within minutes, so 5 minutes.
+    negative_max_ttl: float = _setting(
+        300.0,
+        "longest time an NXDOMAIN or NODATA answer is cached (RFC 2308), seconds; 0: never",
+        _not_negative,
+    )
+    # RFC 8767 section 5 suggests 1-3 days. An expired address is only ever connected to,
+    # and a moved one fails like a missing one would, so the low end: one day rides out an
+    # overnight outage of the cluster DNS.
+    stale_window: float = _setting(
+        86400.0,
+        "how long after expiry an answer is still served while every DNS server fails "
+        "(RFC 8767), seconds; 0: never",
+        _not_negative,
+    )
+    # A gateway talks to a few dozen names; 10000 entries is a few MB at most and never
+    # evicts in normal use, while a client looping over random names cannot grow memory.
+    cache_size: int = _setting(
+        10000, "most names kept in the DNS cache (least recently used go)", _positive
+    )
+    # A name asked for in the last tenth of its TTL is refreshed in the background, so a
+    # busy name never waits on DNS (the same fraction Unbound's prefetch uses).
+    prefetch: float = _setting(
+        0.1, "fraction of a TTL left when a hit starts a background refresh; 0: never", _fraction
+    )
 
     def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:
         return tuple(parse_hostport(s, default_port=53) for s in self.nameservers)
@@ -193,6 +230,15 @@ class DialerConfig:
     # with SYN retransmits (1 s, 3 s), short enough that a client's own timer rarely fires first.
     connect_timeout: float = _setting(
         10.0, "seconds to connect, over all of a destination's addresses", _positive
+    )
+    # One failure is noise (a lost SYN, a restarting server); three in a row is a dead address.
+    breaker_failures: int = _setting(
+        3, "consecutive connect failures that take an address out of the race", _positive
+    )
+    # Long enough that a dead edge costs most requests nothing, short enough that a recovered
+    # one is back in the race within half a minute.
+    breaker_cooldown: float = _setting(
+        30.0, "seconds an address is skipped before it is tried again (half-open)", _positive
     )
 
 
@@ -261,6 +307,104 @@ class PolicyConfig:
     )
 
 
+PARENT_SCHEMES = ("socks5", "socks4", "http")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***`` (for printing)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostport}"
+
+
+def _parent_url(url: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "expected SCHEME://[USER:PASS@]HOST:PORT with a port of 1-65535"
+    if parts.scheme not in PARENT_SCHEMES:
+        return f"expected a URL of scheme {', '.join(PARENT_SCHEMES)}"
+    if not parts.hostname or port is None or port == 0:
+        return "expected SCHEME://[USER:PASS@]HOST:PORT with a port of 1-65535"
+    if ":" in parts.hostname:
+        return f"{parts.hostname} is IPv6; this proxy opens IPv4 sockets only"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "expected no path, query or fragment"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParentConfig:
+    """A parent proxy and the destinations sent through it.
+
+    A destination matches when its port is in ``ports`` (any port when empty) and its name
+    matches ``domains`` or one of its resolved addresses is in ``cidrs`` (anything, when
+    both are empty). Every matching parent is tried in file order; a matched destination
+    never goes out directly. Flag and env form: ``name=N url=URL domains=A;B cidrs=C
+    ports=P;Q``.
+    """
+
+    name: str = _setting("", "the parent's name in logs and answers (default: its host:port)")
+    url: str = _setting(
+        "",
+        "socks5://, socks4:// or http://[USER:PASS@]HOST:PORT (percent-encode : @ in USER, PASS)",
+        _parent_url,
+        secret=True,
+    )
+    domains: tuple[str, ...] = _setting(
+        (), "names (whatsapp.com) and patterns (*.whatsapp.net: any name below it)", domain_problem
+    )
+    cidrs: tuple[str, ...] = _setting((), "IPv4 networks of the resolved address", cidr_problem)
+    ports: tuple[str, ...] = _setting(
+        (), "destination ports or ranges (8000-8100); empty: every port", port_problem
+    )
+
+    def __repr__(self) -> str:  # never print a password, even in check-config
+        return (
+            f"ParentConfig(name={self.name!r}, url={redact_url(self.url)!r}, "
+            f"domains={self.domains!r}, cidrs={self.cidrs!r}, ports={self.ports!r})"
+        )
+
+    @property
+    def label(self) -> str:
+        """The parent's name, or its host:port (never its credentials)."""
+        if self.name:
+            return self.name
+        parts = urllib.parse.urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port}"
+
+    @classmethod
+    def from_text(cls, text: str, where: str) -> dict[str, Any]:
+        """The mapping that ``name=N url=URL domains=A;B cidrs=C ports=P;Q`` stands for."""
+        data: dict[str, Any] = {}
+        for word in text.split():
+            key, sep, value = word.partition("=")
+            if not sep:
+                if "://" in word and "url" not in data:
+                    key, value = "url", word  # a bare URL
+                else:
+                    raise ConfigError(
+                        f"{where}: expected KEY=VALUE words (name, url, domains, cidrs, ports), "
+                        f"got {redact_url(word)!r}"
+                    )
+            data[key] = value.split(";") if key in ("domains", "cidrs", "ports") else value
+        return data
+
+
+def _parents_ok(parents: tuple[ParentConfig, ...]) -> None:
+    seen: set[str] = set()
+    for index, parent in enumerate(parents):
+        if not parent.url:
+            raise ConfigError(f"parents[{index}].url: required")
+        if parent.label in seen:
+            raise ConfigError(f"parents[{index}].name: {parent.label!r} is used twice")
+        seen.add(parent.label)
+
+
 def _nameservers_ok(config: ResolverConfig) -> None:
     for index, text in enumerate(config.nameservers):
         host, _ = parse_hostport(text, default_port=53, key=f"resolver.nameservers[{index}]")
@@ -281,6 +425,9 @@ class Config:
     policy: PolicyConfig = _setting(PolicyConfig(), "where clients may go")
     admin: AdminConfig = _setting(AdminConfig(), "health, readiness and metrics endpoints")
     drain: DrainConfig = _setting(DrainConfig(), "graceful stop on SIGTERM")
+    parents: tuple[ParentConfig, ...] = _setting(
+        (), "parent proxies and the destinations that go through them"
+    )
 
 
 def _listeners_safe(config: Config) -> None:
@@ -376,6 +523,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if cls is Listener and isinstance(data, str):
         host, port = parse_hostport(data, key=where)
         return Listener(host, port)
+    if cls is ParentConfig and isinstance(data, str):
+        data = ParentConfig.from_text(data, where)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(cls)
@@ -443,6 +592,7 @@ def load(
         _set(tree, path, value)
     config: Config = _build(Config, tree, "")
     _nameservers_ok(config.resolver)
+    _parents_ok(config.parents)
     if not config.listeners:
         raise ConfigError("listeners: expected at least one listener")
     _listeners_safe(config)

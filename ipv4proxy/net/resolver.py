@@ -6,9 +6,15 @@ Rules:
 - resolv.conf gives the nameservers, the search list and ndots (Kubernetes pods rely on
   ``ndots:5`` and ``svc.cluster.local`` search domains); IPv6 nameservers are skipped so no
   IPv6 socket is ever opened.
-- Answers are cached for their TTL, clamped to [min_ttl, max_ttl], on an injected monotonic
-  clock; concurrent lookups of one name share one query (the flight is shielded, so one
-  cancelled caller does not cancel the others).
+- Answers are cached (``dnscache``) for their TTL, clamped to [min_ttl, max_ttl], on an
+  injected monotonic clock; concurrent lookups of one name share one query (the flight is
+  a named task owned here and shielded, so one cancelled caller does not cancel the others).
+- NXDOMAIN and NODATA are cached for min(SOA TTL, SOA MINIMUM) of the answer's authority
+  section (RFC 2308 section 5), at most negative_max_ttl; without an SOA they are not cached.
+- When every server fails or times out, an expired answer is served for up to stale_window
+  (RFC 8767), with a warning naming the name and how long ago it expired.
+- A hit in the last ``prefetch`` fraction of its TTL refreshes the name in the background
+  (same single flight), so a busy name never waits on DNS.
 - Failures are ResolveError with the cause: NXDOMAIN, NODATA (the name exists but has no A
   record) or DNS_FAILURE (servers failed or timed out).
 - Each lookup is reported once to the ``on_lookup`` hook (metrics) with one of
@@ -21,16 +27,19 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
 from ipv4proxy.config import ResolverConfig
 from ipv4proxy.errors import Failure, ResolveError
+from ipv4proxy.log import event
+from ipv4proxy.net.dnscache import DnsCache, Entry
 
 __all__ = [
     "LOOKUP_ERROR",
@@ -43,6 +52,7 @@ __all__ = [
     "LookupHook",
     "Resolver",
     "dns_resolver",
+    "negative_ttl",
     "read_hosts",
 ]
 
@@ -136,8 +146,19 @@ def _dns_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
     return resolver
 
 
+def negative_ttl(responses: Iterable[dns.message.Message]) -> float | None:
+    """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) over the responses; None without an SOA."""
+    ttls: list[float] = []
+    for response in responses:
+        soa = next((r for r in response.authority if r.rdtype == dns.rdatatype.SOA), None)
+        if soa is None:
+            return None
+        ttls.append(float(min(soa.ttl, *(int(getattr(r, "minimum", 0)) for r in soa))))
+    return min(ttls) if ttls else None
+
+
 class Resolver:
-    """Resolve names to IPv4 addresses. ``resolve()`` is the whole interface."""
+    """Resolve names to IPv4 addresses. ``resolve()`` is the interface; ``close()`` ends it."""
 
     def __init__(
         self,
@@ -149,11 +170,13 @@ class Resolver:
     ) -> None:
         self._config = config
         self._clock = clock
-        self._on_lookup = on_lookup
         self._hosts = dict(hosts) if hosts is not None else _load_hosts(config.hosts_file)
         self._dns = _dns_resolver(config)
-        self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._flights: dict[str, asyncio.Future[tuple[str, ...]]] = {}
+        self._cache = DnsCache(
+            size=config.cache_size, stale_window=config.stale_window, prefetch=config.prefetch
+        )
+        self._flights: dict[str, asyncio.Task[tuple[str, ...]]] = {}
+        self._on_lookup = on_lookup
 
     async def resolve(self, name: str) -> tuple[str, ...]:
         """The IPv4 addresses of ``name`` (lower-case, no trailing dot).
@@ -164,34 +187,81 @@ class Resolver:
         if hosts:
             self._on_lookup(LOOKUP_HIT)
             return hosts
-        entry = self._cache.get(name)
-        if entry is not None and entry[0] > self._clock():
+        now = self._clock()
+        entry = self._cache.fresh(name, now)
+        if entry is not None:
+            if entry.failure is not None:
+                self._on_lookup(_FAILURE_RESULTS.get(entry.failure, LOOKUP_ERROR))
+                raise ResolveError(entry.reason, failure=entry.failure)
             self._on_lookup(LOOKUP_HIT)
-            return entry[1]
-        flight = self._flights.get(name)
-        if flight is None:
-            flight = asyncio.ensure_future(self._query(name))
-            self._flights[name] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(name, None))
+            if self._cache.wants_prefetch(entry, now):
+                self._flight(name)
+            return entry.addresses
+        stale = self._cache.recently_failed(name, now)
+        if stale is not None:
+            self._on_lookup(LOOKUP_STALE)
+            return stale.addresses
         try:
-            addresses = await asyncio.shield(flight)
+            addresses = await asyncio.shield(self._flight(name))
         except ResolveError as exc:
-            self._on_lookup(_FAILURE_RESULTS.get(exc.failure, LOOKUP_ERROR))
+            if exc.failure is Failure.DNS_FAILURE:
+                stale = self._cache.failed(name, self._clock())
+                if stale is not None:
+                    self._served_stale(name, stale, exc)
+                    return stale.addresses
+                self._on_lookup(LOOKUP_ERROR)
+            else:
+                self._on_lookup(_FAILURE_RESULTS.get(exc.failure, LOOKUP_ERROR))
             raise
         self._on_lookup(LOOKUP_MISS)
         return addresses
+
+    def _served_stale(self, name: str, entry: Entry, error: ResolveError) -> None:
+        self._on_lookup(LOOKUP_STALE)
+        event(
+            log,
+            "dns_stale",
+            logging.WARNING,
+            host=name,
+            expired_s=round(self._clock() - entry.expires, 1),
+            addresses=",".join(entry.addresses),
+            reason=str(error),
+        )
+
+    def _flight(self, name: str) -> asyncio.Task[tuple[str, ...]]:
+        """The one query in flight for ``name``, started if none is."""
+        flight = self._flights.get(name)
+        if flight is None:
+            flight = asyncio.get_running_loop().create_task(self._query(name), name=f"dns {name}")
+            self._flights[name] = flight
+            flight.add_done_callback(lambda task: self._landed(name, task))
+        return flight
+
+    def _landed(self, name: str, task: asyncio.Task[tuple[str, ...]]) -> None:
+        self._flights.pop(name, None)
+        # Retrieved here so a prefetch nobody awaits never logs "exception never retrieved".
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("DNS refresh of %s failed: %s", name, task.exception())
+
+    async def close(self) -> None:
+        """Cancel every query in flight (prefetches included) and wait for them to end."""
+        flights = list(self._flights.values())
+        for flight in flights:
+            flight.cancel()
+        if flights:
+            await asyncio.wait(flights)
 
     async def _query(self, name: str) -> tuple[str, ...]:
         try:
             answer = await self._dns.resolve(name, dns.rdatatype.A, search=True)
         except dns.resolver.NXDOMAIN as exc:
-            raise ResolveError(
-                f"{name} does not exist (NXDOMAIN)", failure=Failure.NXDOMAIN
-            ) from exc
+            error = ResolveError(f"{name} does not exist (NXDOMAIN)", failure=Failure.NXDOMAIN)
+            self._negative(name, error, exc.kwargs.get("responses", {}).values())
+            raise error from exc
         except dns.resolver.NoAnswer as exc:
-            raise ResolveError(
-                f"no IPv4 address (A record) for {name}", failure=Failure.NODATA
-            ) from exc
+            error = ResolveError(f"no IPv4 address (A record) for {name}", failure=Failure.NODATA)
+            self._negative(name, error, [exc.kwargs["response"]])
+            raise error from exc
         except dns.resolver.LifetimeTimeout as exc:
             raise ResolveError(f"DNS lookup of {name} timed out") from exc
         except (dns.resolver.NoNameservers, dns.exception.DNSException) as exc:
@@ -201,5 +271,16 @@ class Resolver:
             raise ResolveError(f"no IPv4 address (A record) for {name}", failure=Failure.NODATA)
         ttl = float(answer.rrset.ttl if answer.rrset is not None else 0)
         ttl = min(max(ttl, self._config.min_ttl), self._config.max_ttl)
-        self._cache[name] = (self._clock() + ttl, addresses)
+        self._cache.put(name, Entry(addresses, self._clock() + ttl, ttl))
         return addresses
+
+    def _negative(
+        self, name: str, error: ResolveError, responses: Iterable[dns.message.Message]
+    ) -> None:
+        """Cache a negative answer for its RFC 2308 time, capped; not at all without an SOA."""
+        ttl = negative_ttl(responses)
+        if ttl is None or self._config.negative_max_ttl <= 0:
+            return
+        ttl = min(max(ttl, self._config.min_ttl), self._config.negative_max_ttl)
+        entry = Entry((), self._clock() + ttl, ttl, failure=error.failure, reason=str(error))
+        self._cache.put(name, entry)
