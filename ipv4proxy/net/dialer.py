@@ -12,6 +12,11 @@ Rules (RFC 8305 section 5):
 - One ``connect_timeout`` covers the whole race. On failure the error names every address
   tried and why it failed; the failure is that of the most telling error (a refusal says
   more than a timeout).
+- An attempt is a plain TCP connect unless the caller passes its own (a parent proxy's
+  connect and handshake): the race, the timeout and the error report are the same.
+
+`Dialer` adds memory (``breaker``): per name the address that last connected goes first,
+and an address whose breaker is open sits out while the name has others.
 """
 
 from __future__ import annotations
@@ -19,18 +24,31 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from ipv4proxy.config import DialerConfig
-from ipv4proxy.errors import DialError, Failure, UpstreamTimeout, failure_for_errno
+from ipv4proxy.errors import DialError, Failure, ProxyError, UpstreamTimeout, failure_for_errno
+from ipv4proxy.log import event
+from ipv4proxy.net.breaker import Breaker, Clock, Memory
 
-__all__ = ["dial"]
+__all__ = ["Attempt", "Dialer", "dial"]
+
+log = logging.getLogger("ipv4proxy.dialer")
+
+# One attempt: (IPv4 address, port) -> a connected socket, or OSError.
+Attempt = Callable[[str, int], Coroutine[Any, Any, socket.socket]]
+# Told of each attempt that ended: (address, None) for a success, (address, error) otherwise.
+AttemptHook = Callable[[str, OSError | None], None]
 
 # When attempts fail differently, the answer reports the first of these that occurred:
 # what the destination said beats what the path did, which beats silence.
 _PRECEDENCE = (
+    Failure.DENIED,
     Failure.REFUSED,
     Failure.HOST_UNREACHABLE,
     Failure.NET_UNREACHABLE,
@@ -40,10 +58,21 @@ _PRECEDENCE = (
 
 
 def _errno_name(error: OSError) -> str:
+    if isinstance(error, ProxyError):
+        return str(error)  # a parent's answer: its reason names the parent and what it said
     return errno.errorcode.get(error.errno or 0, type(error).__name__)
 
 
-async def _attempt(loop: asyncio.AbstractEventLoop, address: str, port: int) -> socket.socket:
+def failure_of(error: OSError) -> Failure:
+    """The failure one attempt's error stands for."""
+    if isinstance(error, ProxyError):
+        return error.failure
+    return failure_for_errno(error.errno)
+
+
+async def tcp_connect(address: str, port: int) -> socket.socket:
+    """A connected non-blocking AF_INET socket to ``address``:``port``; raises OSError."""
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -63,13 +92,21 @@ def _error_of(task: asyncio.Task[socket.socket]) -> OSError:
 
 
 async def dial(
-    addresses: Sequence[str], port: int, config: DialerConfig, *, name: str = ""
+    addresses: Sequence[str],
+    port: int,
+    config: DialerConfig,
+    *,
+    name: str = "",
+    connect: Attempt = tcp_connect,
+    on_attempt: AttemptHook | None = None,
 ) -> tuple[socket.socket, str]:
     """Connect to the first of ``addresses`` (IPv4 literals) that answers on ``port``.
 
-    ``name`` (the destination as the client gave it) is only for messages. Returns the
-    connected socket and the address used. Raises DialError (every attempt
-    failed; ``attempts`` lists them) or UpstreamTimeout (connect_timeout ran out).
+    ``name`` (the destination as the client gave it) is only for messages; ``connect`` makes
+    one attempt; ``on_attempt`` hears how each attempt that ran to its end ended (losers
+    cancelled after a win are not reported). Returns the connected socket and the address
+    used. Raises DialError (every attempt failed; ``attempts`` lists them) or UpstreamTimeout
+    (connect_timeout ran out).
     """
     for address in addresses:
         ipaddress.IPv4Address(address)  # a programming error, not wire input: fail loudly
@@ -83,7 +120,7 @@ async def dial(
             while queue or running:
                 if queue:
                     address = queue.pop(0)
-                    task = loop.create_task(_attempt(loop, address, port), name=f"dial {address}")
+                    task = loop.create_task(connect(address, port), name=f"dial {address}")
                     running[task] = address
                 done, _ = await asyncio.wait(
                     running,
@@ -99,6 +136,10 @@ async def dial(
                         task.result().close()
                     else:
                         failed.append((address, _error_of(task)))
+                        if on_attempt is not None:
+                            on_attempt(address, failed[-1][1])
+                if winner is not None and on_attempt is not None:
+                    on_attempt(winner[1], None)
                 if winner is not None:
                     return winner
     except TimeoutError:
@@ -106,6 +147,9 @@ async def dial(
             (a, OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))) for a in running.values()
         )
         attempts = (*failed, *pending)
+        if on_attempt is not None:
+            for address, error in pending:
+                on_attempt(address, error)
         raise UpstreamTimeout(
             f"connect to {target} timed out after {config.connect_timeout:g} s"
             f" ({_describe(attempts)})",
@@ -120,11 +164,65 @@ async def dial(
                 if not task.cancelled() and task.exception() is None:
                     task.result().close()
     attempts = tuple(failed)
-    failures = {failure_for_errno(error.errno) for _, error in attempts}
+    failures = {failure_of(error) for _, error in attempts}
     failure = next((f for f in _PRECEDENCE if f in failures), Failure.CONNECT_FAILED)
     raise DialError(
         f"connect to {target} failed ({_describe(attempts)})", failure=failure, attempts=attempts
     )
+
+
+class Dialer:
+    """`dial()` with memory: the last good address first, open breakers left out."""
+
+    def __init__(self, config: DialerConfig, *, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.memory = Memory()
+        self.breaker = Breaker(
+            threshold=config.breaker_failures, cooldown=config.breaker_cooldown, clock=clock
+        )
+
+    async def dial(
+        self,
+        name: str,
+        addresses: Sequence[str],
+        port: int,
+        *,
+        connect: Attempt = tcp_connect,
+        label: str = "",
+    ) -> tuple[socket.socket, str]:
+        """Race ``addresses`` of ``name`` (ordered and filtered by memory) on ``port``.
+
+        ``label`` names the target in messages (default ``name``). Raises as `dial()`.
+        """
+        ordered = self.memory.order(name, addresses)
+        usable = set(self.breaker.select([f"{a}:{port}" for a in ordered]))
+        chosen = [a for a in ordered if f"{a}:{port}" in usable]
+        if len(chosen) < len(ordered):
+            skipped = [a for a in ordered if a not in chosen]
+            log.debug("%s: skipping %s (breaker open)", name, ", ".join(skipped))
+
+        def report(address: str, error: OSError | None) -> None:
+            key = f"{address}:{port}"
+            if error is None:
+                if self.breaker.success(key):
+                    event(log, "breaker_closed", endpoint=key, host=name)
+            elif not isinstance(error, ProxyError) and self.breaker.failure(key):
+                # A parent's answer about the destination is not the parent's failure.
+                event(
+                    log,
+                    "breaker_open",
+                    logging.WARNING,
+                    endpoint=key,
+                    host=name,
+                    cooldown_s=self.config.breaker_cooldown,
+                    error=_errno_name(error),
+                )
+
+        sock, address = await dial(
+            chosen, port, self.config, name=label or name, connect=connect, on_attempt=report
+        )
+        self.memory.connected(name, address)
+        return sock, address
 
 
 def _describe(attempts: Sequence[tuple[str, OSError]]) -> str:

@@ -1,0 +1,105 @@
+"""Dialer memory, as pure objects: which address worked last, and which keep failing.
+
+No I/O: time comes from an injected monotonic clock.
+
+Rules:
+- `Memory`: per name, the address that last connected; `order()` puts it first and keeps
+  the rest in DNS order.
+- `Breaker`: per endpoint (``address:port``), consecutive connect failures. At
+  ``threshold`` the breaker opens: the endpoint is left out of races for ``cooldown``
+  seconds, as long as the name has another endpoint that is not open (a name whose every
+  address is open still tries them all: skipping would only turn a slow answer into none).
+  After the cooldown it is half-open: tried again, and one more failure opens it for another
+  cooldown, while one success closes it.
+- Both tables are bounded (least recently used go first), so random destinations cannot
+  grow memory.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["TABLE_SIZE", "Breaker", "Memory"]
+
+Clock = Callable[[], float]
+
+# Names and endpoints remembered; far above what one gateway talks to.
+TABLE_SIZE = 10000
+
+
+def _bounded_put(table: OrderedDict[str, object], key: str, value: object) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > TABLE_SIZE:
+        table.popitem(last=False)
+
+
+class Memory:
+    """Name -> the address that last connected."""
+
+    def __init__(self) -> None:
+        self._last: OrderedDict[str, object] = OrderedDict()
+
+    def connected(self, name: str, address: str) -> None:
+        _bounded_put(self._last, name, address)
+
+    def order(self, name: str, addresses: Sequence[str]) -> list[str]:
+        """``addresses`` with the one that last connected for ``name`` first."""
+        last = self._last.get(name)
+        if last in addresses:
+            return [str(last), *(a for a in addresses if a != last)]
+        return list(addresses)
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0
+    open_until: float = 0.0
+
+
+class Breaker:
+    """Per-endpoint circuit breakers: closed, open for ``cooldown``, then half-open."""
+
+    def __init__(self, *, threshold: int, cooldown: float, clock: Clock) -> None:
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._states: OrderedDict[str, object] = OrderedDict()
+
+    def _state(self, key: str) -> _State | None:
+        state = self._states.get(key)
+        return state if isinstance(state, _State) else None
+
+    def is_open(self, key: str) -> bool:
+        """Tell whether ``key`` is skipped now (open, cooldown still running)."""
+        state = self._state(key)
+        return state is not None and self._clock() < state.open_until
+
+    def state(self, key: str) -> str:
+        """``closed``, ``open`` or ``half-open`` (for logs and tests)."""
+        state = self._state(key)
+        if state is None or state.failures < self._threshold:
+            return "closed"
+        return "open" if self._clock() < state.open_until else "half-open"
+
+    def failure(self, key: str) -> bool:
+        """Count a connect failure; returns True when this failure opened the breaker."""
+        state = self._state(key) or _State()
+        state.failures += 1
+        _bounded_put(self._states, key, state)
+        if state.failures >= self._threshold:
+            state.open_until = self._clock() + self._cooldown
+            return True
+        return False
+
+    def success(self, key: str) -> bool:
+        """Forget ``key``'s failures; returns True when this closed an opened breaker."""
+        state = self._states.pop(key, None)
+        return isinstance(state, _State) and state.failures >= self._threshold
+
+    def select(self, keys: Sequence[str]) -> list[str]:
+        """The keys to try now: those not open, or all of them when every one is open."""
+        usable = [key for key in keys if not self.is_open(key)]
+        return usable or list(keys)
