@@ -56,6 +56,7 @@ ALIASES: Mapping[tuple[str, ...], tuple[str, ...]] = {
     ("resolver", "hosts_file"): ("--hosts-file",),
     ("dialer", "connect_timeout"): ("--connect-timeout",),
     ("dialer", "attempt_delay"): ("--attempt-delay",),
+    ("parents",): ("--parent",),
 }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Sequence
@@ -36,16 +37,15 @@ from ipv4proxy.config import Config
 from ipv4proxy.errors import ConfigError, Failure, PolicyDenied, ProtocolError, ProxyError
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
-from ipv4proxy.net.dialer import dial
 from ipv4proxy.net.relay import Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.net.upstream import Route, Upstream
 from ipv4proxy.policy import Policy, require
 from ipv4proxy.protocols import (
     Authenticate,
     Connect,
     Forward,
     Handshake,
-    HostKind,
     Send,
     new_handshake,
 )
@@ -89,6 +89,7 @@ class Proxy:
         self.metrics = metrics if metrics is not None else Metrics()
         self.resolver = resolver if resolver is not None else self._resolver(config)
         self.policy = policy if policy is not None else Policy(config)
+        self.upstream = Upstream(config, self.resolver)
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
         self._bound: list[tuple[str, int]] = []
@@ -178,6 +179,7 @@ class Proxy:
         policy.listening_on(self._bound)
         if config.resolver != self.config.resolver:
             self.resolver = self._resolver(config)  # open lookups finish on the old one
+        self.upstream = self.upstream.reconfigured(config, self.resolver)
         self.config, self.policy = config, policy
 
     async def drain(self, grace: float, force: asyncio.Event) -> int:
@@ -255,6 +257,7 @@ class Proxy:
             server.close()
         for server in self._servers:
             await server.wait_closed()
+        await self.upstream.close()
 
 
 class Session(asyncio.Protocol):
@@ -397,24 +400,33 @@ class Session(asyncio.Protocol):
         try:
             require(policy.credentials(request.credentials))
             require(policy.destination(destination))
-            if destination.kind is HostKind.IPV4:
-                require(policy.address(destination.host, destination.port))
-                addresses: tuple[str, ...] = (destination.host,)
-            else:
-                resolved = await self.proxy.resolver.resolve(destination.host)
-                addresses, decision = policy.addresses(resolved, destination.port, destination.host)
-                require(decision)
-            sock, address = await dial(
-                addresses, destination.port, self.config.dialer, name=destination.host
-            )
+            # Resolve, let the policy narrow the addresses, then connect (maybe via a parent).
+            upstream = await self.proxy.upstream.open(destination, check=self._allowed)
         except ProxyError as exc:
             self._refuse(exc, request.protocol, target)
             return
+        sock = upstream.sock
         try:
-            await self._relay(handshake, request, sock, address=address, started=started)
+            await self._relay(
+                handshake,
+                request,
+                sock,
+                address=upstream.address,
+                via=upstream.via,
+                started=started,
+            )
         except BaseException:
             sock.close()
             raise
+
+    def _allowed(self, route: Route) -> Route:
+        """The route with only the addresses the policy allows; raises PolicyDenied."""
+        if route.literal:
+            require(self.policy.address(route.host, route.port))
+            return route
+        addresses, decision = self.policy.addresses(route.addresses, route.port, route.host)
+        require(decision)
+        return dataclasses.replace(route, addresses=addresses)
 
     async def _relay(
         self,
@@ -423,6 +435,7 @@ class Session(asyncio.Protocol):
         sock: socket.socket,
         *,
         address: str,
+        via: str,
         started: float,
     ) -> None:
         """Wire the connected upstream socket to the client; the session ends here."""
@@ -447,6 +460,7 @@ class Session(asyncio.Protocol):
                 protocol=protocol,
                 target=target,
                 address=address,
+                via=via,
                 connect_ms=round((connected - started) * 1000, 1),
                 sent=tunnel.client.received,
                 received=tunnel.upstream.received,

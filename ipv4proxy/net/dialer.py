@@ -189,10 +189,13 @@ class Dialer:
         *,
         connect: Attempt = tcp_connect,
         label: str = "",
+        track: bool = True,
     ) -> tuple[socket.socket, str]:
         """Race ``addresses`` of ``name`` (ordered and filtered by memory) on ``port``.
 
-        ``label`` names the target in messages (default ``name``). Raises as `dial()`.
+        ``label`` names the target in messages (default ``name``); ``track=False`` leaves the
+        breakers alone (through a parent, a failure may be the parent's, not the address's).
+        Raises as `dial()`.
         """
         ordered = self.memory.order(name, addresses)
         usable = set(self.breaker.select([f"{a}:{port}" for a in ordered]))
@@ -203,6 +206,8 @@ class Dialer:
 
         def report(address: str, error: OSError | None) -> None:
             key = f"{address}:{port}"
+            if not track:
+                return
             if error is None:
                 if self.breaker.success(key):
                     event(log, "breaker_closed", endpoint=key, host=name)

@@ -1,0 +1,186 @@
+"""The upstream layer: from a destination to a connected AF_INET socket, direct or via a parent.
+
+Two steps, so that a policy can look between them:
+
+    route = await upstream.resolve(destination)   # names -> IPv4 addresses, parent choice
+    route = check(route)                          # a policy drops addresses, or raises
+    conn = await upstream.connect(route)          # race; conn.sock, conn.address, conn.via
+
+`open(destination, check)` does all three. Rules:
+
+- Names are resolved A-only (``resolver``); IPv4 literals are taken as they are.
+- Direct: the destination's addresses race (``dialer.Dialer``: memory, breaker, one
+  connect_timeout).
+- Via parents (``parents``): each matching parent is tried in order, each of its own
+  addresses (resolved A-only) in breaker order; a parent that cannot be reached is skipped
+  for the next, while one that answers settles the outcome. Through one parent the
+  destination's addresses race exactly as direct, each attempt a parent handshake for an
+  IPv4 literal, each under the parent's own connect_timeout. A matched destination never
+  goes out directly. When every parent is down the answer is the last parent's error, with
+  every parent named in the reason.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ipv4proxy.config import Config
+from ipv4proxy.errors import DialError, ResolveError, UpstreamError, UpstreamTimeout
+from ipv4proxy.net.breaker import Clock
+from ipv4proxy.net.dialer import Dialer
+from ipv4proxy.net.parents import Parent, ParentUnreachable, matching, parents_of
+from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.protocols import HostKind
+from ipv4proxy.protocols.events import Destination
+
+__all__ = ["DIRECT", "Connection", "Route", "RouteCheck", "Upstream"]
+
+DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a destination goes: its IPv4 addresses, and the parents to go through.
+
+    ``literal``: the client gave an IPv4 address, not a name (``addresses == (host,)``).
+    """
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+    parents: tuple[Parent, ...] = ()
+    literal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A connected upstream socket; ``via`` is ``direct`` or the parent's label."""
+
+    sock: socket.socket
+    address: str
+    via: str = DIRECT
+
+
+# Looks at a route before anything is dialled: returns the route to take (a policy may drop
+# addresses), or raises a ProxyError (PolicyDenied) to refuse.
+RouteCheck = Callable[[Route], Route]
+
+
+class Upstream:
+    """Resolver, dialer and parents, shared by every session of one process."""
+
+    def __init__(
+        self, config: Config, resolver: Resolver, *, clock: Clock = time.monotonic
+    ) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.dialer = Dialer(config.dialer, clock=clock)
+        self.parents = parents_of(config.parents)
+
+    def reconfigured(self, config: Config, resolver: Resolver) -> Upstream:
+        """An Upstream for a reloaded ``config``; the dialer's memory and breakers are kept
+        unless the dialer's settings changed."""
+        upstream = Upstream(config, resolver)
+        if config.dialer == self.config.dialer:
+            upstream.dialer = self.dialer
+        return upstream
+
+    async def resolve(self, destination: Destination) -> Route:
+        """The route of ``destination``. Raises ResolveError."""
+        literal = destination.kind is HostKind.IPV4
+        if literal:
+            addresses: tuple[str, ...] = (destination.host,)
+        else:
+            addresses = await self.resolver.resolve(destination.host)
+        chosen = matching(self.parents, destination.host, addresses, destination.port)
+        return Route(destination.host, destination.port, addresses, chosen, literal)
+
+    async def connect(self, route: Route) -> Connection:
+        """Connect along ``route``. Raises DialError, UpstreamTimeout or UpstreamError."""
+        if not route.parents:
+            sock, address = await self.dialer.dial(route.host, route.addresses, route.port)
+            return Connection(sock, address)
+        errors: list[UpstreamError] = []
+        for parent, parent_address in await self._parent_endpoints(route.parents, errors):
+            try:
+                sock, address = await self._via(parent, parent_address, route)
+            except DialError as exc:
+                errors.append(exc)
+                if all(isinstance(e, ParentUnreachable) for _, e in exc.attempts):
+                    continue  # this parent is down: the next one may not be
+                raise
+            return Connection(sock, address, parent.label)
+        raise _all_down(route, errors)
+
+    async def open(self, destination: Destination, check: RouteCheck | None = None) -> Connection:
+        """Resolve, let ``check`` see the route, connect. Raises ProxyError."""
+        route = await self.resolve(destination)
+        if check is not None:
+            route = check(route)
+        return await self.connect(route)
+
+    async def close(self) -> None:
+        await self.resolver.close()
+
+    async def _parent_endpoints(
+        self, parents: tuple[Parent, ...], errors: list[UpstreamError]
+    ) -> list[tuple[Parent, str]]:
+        """Every (parent, IPv4 address) to try, in order; open breakers last."""
+        endpoints: list[tuple[Parent, str]] = []
+        for parent in parents:
+            try:
+                addresses = await self.resolver.resolve(parent.host)
+            except ResolveError as exc:
+                errors.append(ResolveError(f"parent {parent.label}: {exc}", failure=exc.failure))
+                continue
+            ordered = self.dialer.memory.order(parent.host, addresses)
+            endpoints += [(parent, address) for address in ordered]
+        breaker = self.dialer.breaker
+        return sorted(endpoints, key=lambda e: breaker.is_open(f"{e[1]}:{e[0].port}"))
+
+    async def _via(
+        self, parent: Parent, parent_address: str, route: Route
+    ) -> tuple[socket.socket, str]:
+        endpoint = f"{parent_address}:{parent.port}"
+        breaker = self.dialer.breaker
+        timeout = self.config.dialer.connect_timeout
+
+        async def attempt(address: str, port: int) -> socket.socket:
+            try:
+                sock = await parent.connect(parent_address, address, port, timeout)
+            except ParentUnreachable:
+                breaker.failure(endpoint)
+                raise
+            breaker.success(endpoint)
+            return sock
+
+        try:
+            result = await self.dialer.dial(
+                route.host,
+                route.addresses,
+                route.port,
+                connect=attempt,
+                label=f"{route.host} via parent {parent.label}",
+                track=False,
+            )
+        except UpstreamTimeout:
+            # Silence through a parent cannot be told apart from a silent parent; counting it
+            # against the parent moves a black-holed parent behind the others.
+            breaker.failure(endpoint)
+            raise
+        self.dialer.memory.connected(parent.host, parent_address)
+        return result
+
+
+def _all_down(route: Route, errors: list[UpstreamError]) -> UpstreamError:
+    """The answer when no parent could be reached: the last failure, every parent named."""
+    target = f"{route.host}:{route.port}"
+    if not errors:  # pragma: no cover - a route with parents always records an error
+        return UpstreamError(f"no parent proxy for {target}")
+    reasons = "; ".join(str(e) for e in errors)
+    return UpstreamError(
+        f"every parent proxy for {target} is down ({reasons})", failure=errors[-1].failure
+    )
