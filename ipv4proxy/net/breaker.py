@@ -85,13 +85,19 @@ class Breaker:
         return "open" if self._clock() < state.open_until else "half-open"
 
     def failure(self, key: str) -> bool:
-        """Count a connect failure; returns True when this failure opened the breaker."""
+        """Count a connect failure; returns True when this failure opened the breaker.
+
+        A failure while already open (tried because every address was open) extends the
+        cooldown but returns False, so the opening is logged once.
+        """
         state = self._state(key) or _State()
+        now = self._clock()
+        was_open = now < state.open_until
         state.failures += 1
         _bounded_put(self._states, key, state)
         if state.failures >= self._threshold:
-            state.open_until = self._clock() + self._cooldown
-            return True
+            state.open_until = now + self._cooldown
+            return not was_open
         return False
 
     def success(self, key: str) -> bool:

@@ -135,6 +135,7 @@ def test_when_every_address_is_open_all_are_tried() -> None:
     breaker.failure("a:1")
     breaker.failure("b:1")
     assert breaker.select(["a:1", "b:1"]) == ["a:1", "b:1"]
+    assert breaker.failure("a:1") is False  # already open: the opening was reported once
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, min_size=1), st.data())
