@@ -14,7 +14,7 @@ import pytest
 
 from helpers.net import Blackhole
 from ipv4proxy.config import DialerConfig
-from ipv4proxy.errors import DialError, Failure, UpstreamTimeout
+from ipv4proxy.errors import DialError, UpstreamTimeout
 from ipv4proxy.net.dialer import Dialer, tcp_connect
 
 FAST = DialerConfig(
