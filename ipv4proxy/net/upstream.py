@@ -22,6 +22,7 @@ Two steps, so that a policy can look between them:
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -132,7 +133,7 @@ class Upstream:
         endpoints: list[tuple[Parent, str]] = []
         for parent in parents:
             try:
-                addresses = await self.resolver.resolve(parent.host)
+                addresses = await self._addresses_of(parent.host)
             except ResolveError as exc:
                 errors.append(ResolveError(f"parent {parent.label}: {exc}", failure=exc.failure))
                 continue
@@ -140,6 +141,12 @@ class Upstream:
             endpoints += [(parent, address) for address in ordered]
         breaker = self.dialer.breaker
         return sorted(endpoints, key=lambda e: breaker.is_open(f"{e[1]}:{e[0].port}"))
+
+    async def _addresses_of(self, host: str) -> tuple[str, ...]:
+        try:
+            return (str(ipaddress.IPv4Address(host)),)
+        except ValueError:
+            return await self.resolver.resolve(host)
 
     async def _via(
         self, parent: Parent, parent_address: str, route: Route
