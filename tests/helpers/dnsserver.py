@@ -6,6 +6,7 @@ time out), or stop (the port is closed; queries are refused), then start again o
 port. It answers from `records` with dnspython's message API; every negative answer
 carries an SOA in its authority section (RFC 2308), whose TTL and MINIMUM the test sets.
 
+Answers keep the order the test gave (dnspython would shuffle them).
 It runs in a thread, so both an in-process resolver and a proxy subprocess can use it.
 """
 
@@ -132,7 +133,8 @@ class DnsServer:
             )
         else:
             reply.authority.append(self._soa(question.name))
-        wire: bytes = reply.to_wire()
+        # Unshuffled, so a test knows which address a client tries first.
+        wire: bytes = reply.to_wire(want_shuffle=False)
         return wire
 
     def _soa(self, name: dns.name.Name) -> dns.rrset.RRset:
