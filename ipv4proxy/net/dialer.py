@@ -97,12 +97,14 @@ async def dial(
     config: DialerConfig,
     *,
     name: str = "",
+    via: str = "",
     connect: Attempt = tcp_connect,
     on_attempt: AttemptHook | None = None,
 ) -> tuple[socket.socket, str]:
     """Connect to the first of ``addresses`` (IPv4 literals) that answers on ``port``.
 
-    ``name`` (the destination as the client gave it) is only for messages; ``connect`` makes
+    ``name`` (the destination as the client gave it) and ``via`` (a parent proxy's label)
+    are only for messages; ``connect`` makes
     one attempt; ``on_attempt`` hears how each attempt that ran to its end ended (losers
     cancelled after a win are not reported). Returns the connected socket and the address
     used. Raises DialError (every attempt failed; ``attempts`` lists them) or UpstreamTimeout
@@ -112,6 +114,8 @@ async def dial(
         ipaddress.IPv4Address(address)  # a programming error, not wire input: fail loudly
     loop = asyncio.get_running_loop()
     target = f"{name}:{port}" if name else f"port {port}"
+    if via:
+        target += f" via parent {via}"
     queue = list(addresses)
     running: dict[asyncio.Task[socket.socket], str] = {}
     failed: list[tuple[str, OSError]] = []
@@ -188,12 +192,12 @@ class Dialer:
         port: int,
         *,
         connect: Attempt = tcp_connect,
-        label: str = "",
+        via: str = "",
         track: bool = True,
     ) -> tuple[socket.socket, str]:
         """Race ``addresses`` of ``name`` (ordered and filtered by memory) on ``port``.
 
-        ``label`` names the target in messages (default ``name``); ``track=False`` leaves the
+        ``via`` names a parent proxy in messages; ``track=False`` leaves the
         breakers alone (through a parent, a failure may be the parent's, not the address's).
         Raises as `dial()`.
         """
@@ -224,7 +228,7 @@ class Dialer:
                 )
 
         sock, address = await dial(
-            chosen, port, self.config, name=label or name, connect=connect, on_attempt=report
+            chosen, port, self.config, name=name, via=via, connect=connect, on_attempt=report
         )
         self.memory.connected(name, address)
         return sock, address

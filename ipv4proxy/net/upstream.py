@@ -170,7 +170,7 @@ class Upstream:
                 route.addresses,
                 route.port,
                 connect=attempt,
-                label=f"{route.host} via parent {parent.label}",
+                via=parent.label,
                 track=False,
             )
         except UpstreamTimeout:

@@ -173,7 +173,8 @@ async def test_parent_refusal_is_answered_like_a_direct_refusal(world: World) ->
     tunnel, reply = await http_connect(world.child.port, f"s5.trap.test:{world.refused}")
     await tunnel.close()
     assert reply.status == 502
-    assert "parent s5" in reply.body_text
+    assert reply.body_text.startswith(f"connect to s5.trap.test:{world.refused} via parent s5 ")
+    assert f"parent s5 (127.0.0.1:{world.parent.port}) refused" in reply.body_text
     line = await world.child.access(client=tunnel.client)
     assert line["outcome"] == "ECONNREFUSED"
     tunnel5, reply5 = await socks5_request(world.child.port, "s5.trap.test", world.refused)

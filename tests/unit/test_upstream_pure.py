@@ -248,3 +248,19 @@ def test_bad_parents_name_the_key(text: str, message: str) -> None:
 def test_two_parents_with_one_name_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"parents\[1\]\.name: 'a' is used twice"):
         load(flags={("parents",): ["name=a url=http://h:1", "name=a url=http://h:2"]})
+
+
+def test_the_readme_worked_example_loads() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```yaml\n(parents:.*?)```", readme, re.DOTALL)
+    assert block is not None
+    parents = parents_of(load(block[1]).parents)
+    assert [p.label for p in parents] == ["corp", "corp-backup"]
+    assert [p.label for p in matching(parents, "g.whatsapp.net", ["157.240.1.1"], 443)] == [
+        "corp",
+        "corp-backup",
+    ]
+    assert matching(parents, "example.com", ["93.184.216.34"], 443) == ()
