@@ -264,3 +264,32 @@ def test_the_readme_worked_example_loads() -> None:
         "corp-backup",
     ]
     assert matching(parents, "example.com", ["93.184.216.34"], 443) == ()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        (("resolver", "prefetch"), "1", r"resolver\.prefetch: expected a fraction"),
+        (
+            ("resolver", "negative_max_ttl"),
+            "-1",
+            r"resolver\.negative_max_ttl: expected a number >= 0",
+        ),
+        (("resolver", "stale_window"), "-5", r"resolver\.stale_window: expected a number >= 0"),
+        (("resolver", "cache_size"), "0", r"resolver\.cache_size: expected a number > 0"),
+        (("dialer", "breaker_failures"), "0", r"dialer\.breaker_failures: expected a number > 0"),
+        (("dialer", "breaker_cooldown"), "0", r"dialer\.breaker_cooldown: expected a number > 0"),
+    ],
+)
+def test_bad_dns_and_breaker_settings_name_the_key(
+    flag: tuple[str, ...], value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(flags={flag: value})
+
+
+def test_dns_and_breaker_settings_have_all_three_spellings() -> None:
+    env = {"IPV4PROXY_RESOLVER_STALE_WINDOW": "60", "IPV4PROXY_DIALER_BREAKER_FAILURES": "5"}
+    config = load("resolver: {prefetch: 0}\n", env, {("dialer", "breaker_cooldown"): "9"})
+    assert (config.resolver.prefetch, config.resolver.stale_window) == (0.0, 60.0)
+    assert (config.dialer.breaker_failures, config.dialer.breaker_cooldown) == (5, 9.0)
