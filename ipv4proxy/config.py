@@ -381,15 +381,15 @@ class ParentConfig:
     def from_text(cls, text: str, where: str) -> dict[str, Any]:
         """The mapping that ``name=N url=URL domains=A;B cidrs=C ports=P;Q`` stands for."""
         data: dict[str, Any] = {}
-        for word in text.split():
+        for index, word in enumerate(text.split()):
             key, sep, value = word.partition("=")
             if not sep:
                 if "://" in word and "url" not in data:
                     key, value = "url", word  # a bare URL
-                else:
+                else:  # the word is not repeated: it may hold a password
                     raise ConfigError(
-                        f"{where}: expected KEY=VALUE words (name, url, domains, cidrs, ports), "
-                        f"got {redact_url(word)!r}"
+                        f"{where}: expected KEY=VALUE words (name, url, domains, cidrs, ports); "
+                        f"word {index + 1} is not one"
                     )
             data[key] = value.split(";") if key in ("domains", "cidrs", "ports") else value
         return data

@@ -15,8 +15,9 @@ from ipv4proxy.config import ParentConfig, load, redact_url
 from ipv4proxy.errors import ConfigError, Failure
 from ipv4proxy.net.breaker import Breaker, Memory
 from ipv4proxy.net.dnscache import STALE_RECHECK, DnsCache, Entry
-from ipv4proxy.net.parents import Parent, domain_matches, matching, parents_of
+from ipv4proxy.net.parents import Parent, matching, parents_of
 from ipv4proxy.net.resolver import negative_ttl
+from ipv4proxy.rules import domain_matches
 
 
 class Clock:
@@ -170,7 +171,7 @@ def test_memory_ignores_an_address_the_name_no_longer_has() -> None:
     ],
 )
 def test_domain_patterns(pattern: str, host: str, expected: bool) -> None:
-    assert domain_matches(pattern, host) is expected
+    assert domain_matches(host, pattern) is expected
 
 
 def _parents(*texts: str) -> tuple[Parent, ...]:
@@ -231,12 +232,14 @@ def test_parents_from_yaml_and_env() -> None:
         ("url=ftp://h:1", r"parents\[0\]\.url: expected a URL of scheme"),
         ("url=socks5://h", r"parents\[0\]\.url: expected SCHEME://"),
         ("url=socks5://[::1]:1080", r"parents\[0\]\.url: ::1 is IPv6"),
-        ("url=socks5://u:topsecret@h:1/path", r"got 'socks5://u:\*\*\*@h:1/path'"),
+        ("url=socks5://u:topsecret@h:1/path", r"parents\[0\]\.url: expected no path"),
         ("name=x", r"parents\[0\]\.url: required"),
-        ("url=http://h:1 cidrs=10.0.0.0/33", r"parents\[0\]\.cidrs: expected IPv4 CIDRs"),
-        ("url=http://h:1 domains=a*.b", r"parents\[0\]\.domains: expected names"),
-        ("url=http://h:1 ports=0", r"parents\[0\]\.ports: expected ports 1-65535"),
+        ("url=http://h:1 cidrs=10.0.0.0/33", r"parents\[0\]\.cidrs: expected IPv4 networks"),
+        ("url=http://h:1 domains=a*.b", r"parents\[0\]\.domains: expected a domain"),
+        ("url=http://h:1 ports=0", r"parents\[0\]\.ports: expected ports within 1-65535"),
         ("url=http://h:1 junk", r"parents\[0\]: expected KEY=VALUE words"),
+        ("name=a junk:topsecret", r"parents\[0\]: expected KEY=VALUE words"),
+        ("socks5://u:topsecret@h:1 junk", r"parents\[0\]: expected KEY=VALUE words"),
     ],
 )
 def test_bad_parents_name_the_key(text: str, message: str) -> None:
