@@ -1,4 +1,5 @@
-"""Parent proxies, for real: a second ipv4proxy and microsocks (Debian) as parents.
+"""Parent proxies, for real: second ipv4proxy instances (one requiring credentials) and
+microsocks (Debian, with and without credentials) as parents.
 
 One child proxy serves every case; its parent rules pick a parent by the destination's
 name, and every test name is a ``*.trap.test`` name, which dnsmasq answers with both A
@@ -30,6 +31,7 @@ USER, PASSWORD = "tester", "s3cret"
 class World:
     child: ProxyProcess
     parent: ProxyProcess
+    auth_parent: ProxyProcess
     relay: RecordingRelay
     auth_relay: RecordingRelay
     refused: int
@@ -64,7 +66,12 @@ def world(
     refusing = refused_port()
     dead = refusing.getsockname()[1]
     b = proxy.port
+    # A second ipv4proxy that requires credentials (RFC 1929 for SOCKS5, Basic for HTTP).
+    auth_parent = proxy_factory(("--auth-users", f"{USER}:{PASSWORD}"))
+    ab = auth_parent.port
     parents = [
+        f"name=s5auth url=socks5://{USER}:{PASSWORD}@127.0.0.1:{ab} domains=s5auth.trap.test",
+        f"name=webauth url=http://{USER}:{PASSWORD}@127.0.0.1:{ab} domains=httpauth.trap.test",
         f"name=s5 url=socks5://127.0.0.1:{b} domains=s5.trap.test",
         f"name=web url=http://127.0.0.1:{b} domains=http.trap.test",
         f"name=s4 url=socks4://127.0.0.1:{b} domains=s4.trap.test",
@@ -83,8 +90,9 @@ def world(
     for parent in parents:
         args += ["--parent", parent]
     child = proxy_factory(args)
-    yield World(child, proxy, relay, auth_relay, dead, servers.echo_port)
+    yield World(child, proxy, auth_parent, relay, auth_relay, dead, servers.echo_port)
     child.stop()
+    auth_parent.stop()
     refusing.close()
     server_loop.call(relay.close)
     server_loop.call(auth_relay.close)
@@ -108,6 +116,20 @@ async def test_chain_through_a_second_ipv4proxy_hands_it_an_ipv4_literal(
     assert (child_line["via"], child_line["address"]) == (via, "127.0.0.1")
     parent_line = await world.parent.access(since=mark, target=f"127.0.0.1:{world.echo}")
     assert parent_line["outcome"] == "ok"
+
+
+@pytest.mark.parametrize(("host", "via"), [("s5auth", "s5auth"), ("httpauth", "webauth")])
+async def test_chain_through_a_second_ipv4proxy_with_credentials(
+    world: World, host: str, via: str
+) -> None:
+    mark = world.auth_parent.mark()
+    tunnel, reply = await http_connect(world.child.port, f"{host}.trap.test:{world.echo}")
+    assert reply.status == 200, reply
+    await _echo(tunnel)
+    assert (await world.child.access(client=tunnel.client))["via"] == via
+    line = await world.auth_parent.access(since=mark, target=f"127.0.0.1:{world.echo}")
+    assert line["outcome"] == "ok"
+    assert PASSWORD not in "\n".join(world.child.logs() + world.auth_parent.logs())
 
 
 async def test_parent_given_by_name_is_resolved_a_only(world: World) -> None:
