@@ -310,14 +310,14 @@ class PolicyConfig:
 PARENT_SCHEMES = ("socks5", "socks4", "http")
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user-info replaced by ``***`` (for printing)."""
+def redact_url(url: str, mask: str = "***") -> str:
+    """``url`` with the password of its user-info replaced by ``mask`` (for printing)."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostport = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
         return url
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostport}"
+    return f"{scheme}://{user}:{mask}@{hostport}"
 
 
 def _parent_url(url: str) -> str | None:
@@ -611,6 +611,8 @@ def _tree(value: Any) -> Any:
             secret = f.metadata.get("secret", False)
             if secret and isinstance(item, tuple | list):
                 tree[f.name] = [MASK for _ in item]  # how many, never what
+            elif secret and isinstance(item, str) and "://" in item:
+                tree[f.name] = redact_url(item, MASK)  # the host stays visible, not the password
             elif secret and item not in ("", None, 0):
                 tree[f.name] = MASK
             else:

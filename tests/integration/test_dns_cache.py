@@ -38,12 +38,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def outcomes() -> list[tuple[str, str]]:
+def outcomes() -> list[str]:
     return []
 
 
 def make_resolver(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]], **settings: float
+    server: DnsServer, clock: Clock, outcomes: list[str], **settings: float
 ) -> Resolver:
     config = ResolverConfig(
         nameservers=(f"127.0.0.1:{server.port}",),
@@ -51,20 +51,18 @@ def make_resolver(
         timeout=settings.pop("timeout", 1.0),
         **settings,  # type: ignore[arg-type]
     )
-    return Resolver(config, clock=clock, hosts={}, on_lookup=lambda n, o: outcomes.append((n, o)))
+    return Resolver(config, clock=clock, hosts={}, on_lookup=outcomes.append)
 
 
 @pytest.fixture
-async def resolver(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
-) -> AsyncIterator[Resolver]:
+async def resolver(server: DnsServer, clock: Clock, outcomes: list[str]) -> AsyncIterator[Resolver]:
     made = make_resolver(server, clock, outcomes)
     yield made
     await made.close()
 
 
 async def test_ttl_expiry_picks_up_the_new_address(
-    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[str]
 ) -> None:
     server.set("moving.test", "127.0.0.10", ttl=30)
     assert await resolver.resolve("moving.test") == ("127.0.0.10",)
@@ -75,12 +73,12 @@ async def test_ttl_expiry_picks_up_the_new_address(
     clock.now += 10  # expired
     assert await resolver.resolve("moving.test") == ("127.0.0.11",)
     assert server.count("moving.test") == 2
-    assert [o for _, o in outcomes] == ["miss", "hit", "miss"]
+    assert outcomes == ["miss", "hit", "miss"]
     assert server.count("moving.test", "AAAA") == 0
 
 
 async def test_ttl_is_clamped_to_the_floor_and_ceiling(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, outcomes: list[str]
 ) -> None:
     resolver = make_resolver(server, clock, outcomes, min_ttl=5.0, max_ttl=100.0, prefetch=0.0)
     try:
@@ -99,7 +97,7 @@ async def test_ttl_is_clamped_to_the_floor_and_ceiling(
 
 
 async def test_nxdomain_is_cached_for_the_soa_minimum_then_expires(
-    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[str]
 ) -> None:
     for _ in range(3):
         with pytest.raises(ResolveError) as caught:
@@ -113,11 +111,11 @@ async def test_nxdomain_is_cached_for_the_soa_minimum_then_expires(
     clock.now += 1
     assert await resolver.resolve("later.test") == ("127.0.0.12",)
     assert server.count("later.test") == 2
-    assert [o for _, o in outcomes] == ["nxdomain"] * 4 + ["miss"]
+    assert outcomes == ["nxdomain"] * 4 + ["miss"]
 
 
 async def test_nodata_is_cached_and_the_cap_applies(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, outcomes: list[str]
 ) -> None:
     server.soa_minimum = 3600
     server.soa_ttl = 3600
@@ -135,7 +133,7 @@ async def test_nodata_is_cached_and_the_cap_applies(
         with pytest.raises(ResolveError):
             await resolver.resolve("v6.test")
         assert server.count("v6.test") == 2
-        assert [o for _, o in outcomes] == ["nodata"] * 3
+        assert outcomes == ["nodata"] * 3
     finally:
         await resolver.close()
 
@@ -143,7 +141,7 @@ async def test_nodata_is_cached_and_the_cap_applies(
 async def test_dead_dns_server_serves_stale_until_the_window_ends(
     server: DnsServer,
     clock: Clock,
-    outcomes: list[tuple[str, str]],
+    outcomes: list[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     resolver = make_resolver(server, clock, outcomes, stale_window=600.0)
@@ -165,7 +163,7 @@ async def test_dead_dns_server_serves_stale_until_the_window_ends(
         with pytest.raises(ResolveError) as caught:
             await resolver.resolve("kept.test")
         assert caught.value.failure is Failure.DNS_FAILURE
-        assert [o for _, o in outcomes] == ["miss", "stale", "stale", "error"]
+        assert outcomes == ["miss", "stale", "stale", "error"]
         server.start()  # back on the same port: answers flow again
         assert await resolver.resolve("kept.test") == ("127.0.0.13",)
     finally:
@@ -173,7 +171,7 @@ async def test_dead_dns_server_serves_stale_until_the_window_ends(
 
 
 async def test_silent_dns_server_times_out_into_stale(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, outcomes: list[str]
 ) -> None:
     resolver = make_resolver(server, clock, outcomes, timeout=0.3)
     try:
@@ -182,7 +180,7 @@ async def test_silent_dns_server_times_out_into_stale(
         server.silent = True
         clock.now += 31
         assert await resolver.resolve("quiet.test") == ("127.0.0.14",)
-        assert outcomes[-1] == ("quiet.test", "stale")
+        assert outcomes[-1] == "stale"
         with pytest.raises(ResolveError, match="timed out"):
             await resolver.resolve("never-seen.test")
     finally:
@@ -190,7 +188,7 @@ async def test_silent_dns_server_times_out_into_stale(
 
 
 async def test_busy_name_is_prefetched_before_it_expires(
-    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, resolver: Resolver, outcomes: list[str]
 ) -> None:
     server.set("busy.test", "127.0.0.15", ttl=100)
     await resolver.resolve("busy.test")
@@ -203,11 +201,11 @@ async def test_busy_name_is_prefetched_before_it_expires(
     clock.now += 5  # the old entry would still be fresh; the refreshed one is served
     assert await resolver.resolve("busy.test") == ("127.0.0.16",)
     assert server.count("busy.test") == 2
-    assert [o for _, o in outcomes] == ["miss", "hit", "hit"]
+    assert outcomes == ["miss", "hit", "hit"]
 
 
 async def test_concurrent_lookups_share_one_query(
-    server: DnsServer, resolver: Resolver, outcomes: list[tuple[str, str]]
+    server: DnsServer, resolver: Resolver, outcomes: list[str]
 ) -> None:
     server.set("crowd.test", "127.0.0.17")
     results = await asyncio.gather(*(resolver.resolve("crowd.test") for _ in range(20)))
@@ -216,7 +214,7 @@ async def test_concurrent_lookups_share_one_query(
 
 
 async def test_cache_is_bounded_least_recently_used_first(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, outcomes: list[str]
 ) -> None:
     resolver = make_resolver(server, clock, outcomes, cache_size=2)
     try:
@@ -234,7 +232,7 @@ async def test_cache_is_bounded_least_recently_used_first(
 
 
 async def test_close_cancels_a_refresh_in_flight(
-    server: DnsServer, clock: Clock, outcomes: list[tuple[str, str]]
+    server: DnsServer, clock: Clock, outcomes: list[str]
 ) -> None:
     resolver = make_resolver(server, clock, outcomes, timeout=5.0)
     server.set("slow.test", "127.0.0.19", ttl=100)

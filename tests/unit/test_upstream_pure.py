@@ -296,3 +296,29 @@ def test_dns_and_breaker_settings_have_all_three_spellings() -> None:
     config = load("resolver: {prefetch: 0}\n", env, {("dialer", "breaker_cooldown"): "9"})
     assert (config.resolver.prefetch, config.resolver.stale_window) == (0.0, 60.0)
     assert (config.dialer.breaker_failures, config.dialer.breaker_cooldown) == (5, 9.0)
+
+
+def test_effective_configuration_shows_a_parent_without_its_password() -> None:
+    from ipv4proxy.config import to_yaml
+
+    config = load(flags={("parents",): ["name=p url=socks5://user:topsecret@10.0.0.1:1080"]})
+    text = to_yaml(config)
+    assert "topsecret" not in text
+    assert "socks5://user:********@10.0.0.1:1080" in text
+
+
+async def test_reload_keeps_the_dialer_memory_unless_its_settings_change() -> None:
+    from ipv4proxy.config import Config, DialerConfig, ResolverConfig
+    from ipv4proxy.net.resolver import Resolver
+    from ipv4proxy.net.upstream import Upstream
+
+    resolver = Resolver(ResolverConfig(resolv_conf="/dev/null"), hosts={})
+    first = Upstream(Config(), resolver)
+    with_parent = load(flags={("parents",): ["name=p url=http://10.0.0.1:3128"]})
+    second = first.reconfigured(with_parent, resolver)
+    assert second.dialer is first.dialer
+    assert [p.label for p in second.parents] == ["p"]
+    third = second.reconfigured(Config(dialer=DialerConfig(breaker_failures=9)), resolver)
+    assert third.dialer is not first.dialer
+    assert third.parents == ()
+    await resolver.close()
