@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -399,6 +400,15 @@ def test_stale_lab_of_a_killed_run_is_swept(tmp_path: Path) -> None:
         etc.mkdir(parents=True)
         (etc / "resolv.conf").write_text("nameserver 198.18.0.53\n")
         leftover = subprocess.Popen([IP, "netns", "exec", name, "sleep", "60"])
+        # Sweep only once the leftover is inside the namespace; before that it is still
+        # `ip` in the root namespace, and a sweep cannot see it. Bounded: 100 x 0.05 s.
+        for _ in range(100):
+            pids = subprocess.run(
+                [IP, "netns", "pids", name], check=False, capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            if str(leftover.pid) in pids:
+                break
+            time.sleep(0.05)
         assert name in sweep_stale()
         assert leftover.wait(timeout=10) != 0  # killed by the sweep
         assert name not in _namespaces()
