@@ -358,7 +358,16 @@ class Session(asyncio.Protocol):
                 self.task = self.proxy.loop.create_task(
                     self._open(handshake, item), name=f"open {self.client}"
                 )
+                self.task.add_done_callback(self._opened)
                 return
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        """A tunnel set-up that died of something unexpected (an OSError making the
+        transport, or a bug) must not leave its client paused forever: log it, drop it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("setting up the tunnel of %s failed", self.client, exc_info=task.exception())
+        self.transport.abort()
 
     def _handshake_timeout(self) -> None:
         timeout = self.config.limits.handshake_timeout
