@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import statistics
 import time
@@ -79,6 +80,7 @@ def _timeout(settings: Settings) -> float:
 
 def _run_pair(
     procs: Procs,
+    *,
     settings: Settings,
     mode: str,
     direct_args: list[str],
@@ -106,7 +108,13 @@ def throughput(procs: Procs, settings: Settings, proxy: tuple[int, int], conns: 
     common += ["--seconds", str(settings.seconds)]
     via = ["--proxy", f"127.0.0.1:{proxy[1]}", "--proto", "connect"]
     direct, proxied = _run_pair(
-        procs, settings, "stream", common, common + via, {"server": pid}, proxy[0]
+        procs,
+        settings=settings,
+        mode="stream",
+        direct_args=common,
+        proxy_args=common + via,
+        servers={"server": pid},
+        proxy_pid=proxy[0],
     )
     direct_bps = _median([r["bytes_per_second"] for r in direct])
     proxy_bps = _median([r["bytes_per_second"] for r in proxied])
@@ -118,6 +126,11 @@ def throughput(procs: Procs, settings: Settings, proxy: tuple[int, int], conns: 
         "direct_loadgen_cpu_pct": _median([r["loadgen_cpu_pct"] for r in direct]),
         "loadgen_cpu_pct": _median([r["loadgen_cpu_pct"] for r in proxied]),
         "proxy_cpu_pct": _median([r["proxy_cpu_pct"] for r in proxied]),
+        # CPU the proxy spends per GiB relayed: steadier than throughput on a busy machine.
+        "proxy_cpu_s_per_gib": round(
+            _median([r["proxy_cpu_pct"] / 100 / r["bytes_per_second"] * 2**30 for r in proxied]),
+            4,
+        ),
         "runs": {"direct": direct, "proxy": proxied},
     }
 
@@ -128,7 +141,13 @@ def rate(procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str) -
     common += ["--seconds", str(settings.seconds)]
     via = ["--proxy", f"127.0.0.1:{proxy[1]}", "--proto", proto]
     direct, proxied = _run_pair(
-        procs, settings, "rate", common, common + via, {"server": pid}, proxy[0]
+        procs,
+        settings=settings,
+        mode="rate",
+        direct_args=common,
+        proxy_args=common + via,
+        servers={"server": pid},
+        proxy_pid=proxy[0],
     )
     best = sorted(proxied, key=lambda r: r["per_second"])[len(proxied) // 2]  # the median run
     direct_rate = _median([r["per_second"] for r in direct])
@@ -147,6 +166,9 @@ def rate(procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str) -
         "direct_loadgen_cpu_pct": _median([r["loadgen_cpu_pct"] for r in direct]),
         "loadgen_cpu_pct": best["loadgen_cpu_pct"],
         "proxy_cpu_pct": best["proxy_cpu_pct"],
+        "proxy_cpu_us_per_tunnel": round(
+            _median([r["proxy_cpu_pct"] / 100 / r["per_second"] * 1e6 for r in proxied]), 1
+        ),
         "runs": {"direct": direct, "proxy": proxied},
     }
 
@@ -157,7 +179,13 @@ def round_trip(procs: Procs, settings: Settings, proxy: tuple[int, int]) -> Metr
     common += ["--size", "1024"]
     via = ["--proxy", f"127.0.0.1:{proxy[1]}", "--proto", "connect"]
     direct, proxied = _run_pair(
-        procs, settings, "rtt", common, common + via, {"server": pid}, proxy[0]
+        procs,
+        settings=settings,
+        mode="rtt",
+        direct_args=common,
+        proxy_args=common + via,
+        servers={"server": pid},
+        proxy_pid=proxy[0],
     )
     p50 = _median([r["p50_us"] for r in proxied])
     return {
@@ -261,12 +289,12 @@ def _settle(ready: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def _nofile() -> int:
-    import resource
-
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def run_all(procs: Procs, settings: Settings, hosts: Path, progress: Callable[[str], None]) -> Metric:
+def run_all(
+    procs: Procs, settings: Settings, hosts: Path, progress: Callable[[str], None]
+) -> Metric:
     """Every measurement, in one run; returns the ``metrics`` part of the report."""
     metrics: Metric = {}
     proxy = procs.proxy(hosts)
