@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(text: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ipv4proxy-bench-") as tmp:
         workdir = Path(tmp)
         hosts = workdir / "hosts"
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "smoke" if args.smoke else "full",
         "machine": machine(),
+        # Other jobs on the machine move the figures; the load average says how busy it was.
+        "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
         "pinning": {"proxy": cores.proxy, "load": cores.load},
         "settings": {
             "seconds": settings.seconds,

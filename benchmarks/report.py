@@ -140,7 +140,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Proxy pinned to CPU {report['pinning']['proxy']}, load generator and servers "
         f"(C, epoll) to CPU {report['pinning']['load']}; loopback only; proxy at "
         f"`--log-level warning`. Mode: {report['mode']}; medians of "
-        f"{report['settings']['reps']} runs of {report['settings']['seconds']} s.",
+        f"{report['settings']['reps']} runs of {report['settings']['seconds']} s. "
+        f"Load average (1 min) {report['load_average_1m']['start']:.1f} at the start, "
+        f"{report['load_average_1m']['end']:.1f} at the end (other jobs on the machine).",
         "",
     ]
     notes = [
