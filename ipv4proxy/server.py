@@ -485,7 +485,7 @@ class Session(asyncio.Protocol):
         # The reply goes out before any upstream byte can: a server that speaks first must
         # not have its bytes land ahead of "200 Connection established".
         client.write(handshake.success_reply(local[0], local[1]))
-        tunnel.client.transport = client
+        tunnel.client.connection_made(client)  # adopts it and sets its flow control
         await loop.create_connection(lambda: tunnel.upstream, sock=sock)
         upstream = tunnel.upstream.transport
         assert upstream is not None

@@ -1,0 +1,243 @@
+"""Processes of a benchmark run: build and start them pinned, watch their CPU and memory, stop them.
+
+Rules:
+- Only processes this module started are ever signalled, each by its own Popen (its PID).
+- Every wait is bounded; a process that does not answer in time fails the run loudly.
+- Servers and proxies print or accept on loopback addresses only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "Cores",
+    "Procs",
+    "build_loadgen",
+    "cpu_seconds",
+    "free_port",
+    "rss_kib",
+]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def build_loadgen(directory: Path) -> Path:
+    """Compile loadgen.c into ``directory``; returns the binary. Raises RuntimeError."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("the load generator needs a C compiler (gcc or cc)")
+    binary = directory / "loadgen"
+    command = [compiler, "-O2", "-Wall", "-o", str(binary), str(HERE / "loadgen.c")]
+    done = subprocess.run(  # noqa: S603 - fixed argv
+        command, capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the load generator failed:\n{done.stderr}")
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the proxy is told it with --listen)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a live process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a live process, KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as file:
+        for line in file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Which CPU runs the proxy and which runs the load generator and the servers."""
+
+    proxy: int | None
+    load: int | None
+
+    @staticmethod
+    def pick(pin: bool) -> Cores:
+        cores = sorted(os.sched_getaffinity(0))
+        if not pin or len(cores) < 2:
+            return Cores(None, None)
+        return Cores(cores[0], cores[1])
+
+    def prefix(self, core: int | None) -> list[str]:
+        return ["taskset", "-c", str(core)] if core is not None else []
+
+
+@dataclass
+class Procs:
+    """The long-running processes of one run; ``close()`` stops each one by its PID."""
+
+    workdir: Path
+    cores: Cores
+    loadgen: Path
+    started: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def _spawn(
+        self, argv: Sequence[str], *, stdin: int | None = None, stderr: IO[str] | int | None = None
+    ) -> subprocess.Popen[str]:
+        process = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
+            list(argv),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+        )
+        self.started.append(process)
+        return process
+
+    def server(self, kind: str, *, bind: str = "127.0.0.1", port: int = 0) -> tuple[int, int]:
+        """Start ``loadgen stream-server`` or ``echo-server``; returns (pid, port)."""
+        argv = [*self.cores.prefix(self.cores.load), str(self.loadgen), kind, str(port)]
+        process = self._spawn([*argv, "--bind", bind])
+        assert process.stdout is not None
+        line = _readline(process, 10.0)
+        if not line.startswith("port "):
+            raise RuntimeError(f"{kind} did not start: {line!r}")
+        return process.pid, int(line.split()[1])
+
+    def proxy(self, hosts_file: Path, extra: Sequence[str] = ()) -> tuple[int, int]:
+        """Start ipv4proxy on a free loopback port, pinned; returns (pid, port)."""
+        port = free_port()
+        log = open(self.workdir / f"proxy-{port}.log", "w", encoding="utf-8")  # noqa: SIM115
+        argv = [
+            *self.cores.prefix(self.cores.proxy),
+            sys.executable,
+            "-m",
+            "ipv4proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--hosts-file",
+            str(hosts_file),
+            # Names come from the hosts file and targets are literals: no query is ever
+            # sent, and if one were it would stay on loopback.
+            "--nameserver",
+            "127.0.0.1:9",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+        process = self._spawn(argv, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                text = (self.workdir / f"proxy-{port}.log").read_text(encoding="utf-8")
+                raise RuntimeError(f"the proxy exited at start:\n{text}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return process.pid, port
+            time.sleep(0.05)
+        raise RuntimeError("the proxy did not start listening within 15 s")
+
+    def client(self, mode: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+        """Run one loadgen client to completion; its JSON report plus ``wall_seconds`` and
+        ``process_cpu_seconds`` (all its CPU, from the kernel's accounting of children)."""
+        argv = [*self.cores.prefix(self.cores.load), str(self.loadgen), mode, *args]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        done = subprocess.run(  # noqa: S603
+            argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+        )
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise RuntimeError(f"loadgen {mode} failed ({done.returncode}): {done.stderr.strip()}")
+        report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        report["wall_seconds"] = wall
+        report["process_cpu_seconds"] = (after.ru_utime - before.ru_utime) + (
+            after.ru_stime - before.ru_stime
+        )
+        return report
+
+    @contextlib.contextmanager
+    def holder(self, args: Sequence[str], timeout: float) -> Iterator[Holder]:
+        """A ``loadgen hold`` process that keeps its tunnels open until the block ends."""
+        argv = [*self.cores.prefix(self.cores.load), str(self.loadgen), "hold", *args]
+        process = self._spawn(argv, stdin=subprocess.PIPE)
+        try:
+            yield Holder(process, timeout)
+        finally:
+            _stop(process)
+            self.started.remove(process)
+
+    def close(self) -> None:
+        for process in reversed(self.started):
+            _stop(process)
+        self.started.clear()
+
+
+class Holder:
+    """Talks to a running ``loadgen hold``: its opening report, then ``verify`` rounds."""
+
+    def __init__(self, process: subprocess.Popen[str], timeout: float) -> None:
+        self.process = process
+        self.pid = process.pid
+        line = _readline(process, timeout)
+        if not line.startswith("{"):
+            raise RuntimeError(f"loadgen hold failed: {line!r}")
+        self.opened: dict[str, Any] = json.loads(line)
+
+    def verify(self) -> int:
+        """Echo one byte on every tunnel again; returns how many answered (all or 0)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("verify\n")
+        self.process.stdin.flush()
+        verified: int = json.loads(_readline(self.process, 60.0))["verified"]
+        return verified
+
+
+def _readline(process: subprocess.Popen[str], timeout: float) -> str:
+    """One line of a child's stdout, waiting at most ``timeout`` seconds."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise RuntimeError(f"process {process.pid} said nothing within {timeout:g} s")
+    return process.stdout.readline().strip()
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Stop one child we started: close its stdin, SIGTERM, then SIGKILL after 5 s."""
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5.0)
+    if process.stdout is not None:
+        process.stdout.close()

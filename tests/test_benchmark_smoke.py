@@ -1,0 +1,74 @@
+"""The benchmark suite still runs: every measure, tiny sizes, no timing asserted.
+
+This keeps ``python3 -m benchmarks`` from rotting; the figures themselves are only read by
+people (benchmarks/README.md). Needs a C compiler for the load generator and Linux /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# metric -> fields that must be positive numbers in any run that worked
+EXPECTED = {
+    "throughput_1": ("direct_bytes_per_second", "proxy_bytes_per_second", "ratio"),
+    "throughput_8": ("direct_bytes_per_second", "proxy_bytes_per_second", "ratio"),
+    "round_trip": ("direct_p50_us", "direct_p99_us", "proxy_p50_us", "proxy_p99_us"),
+    "rate_http_connect": (
+        "direct_per_second",
+        "proxy_per_second",
+        "handshake_p50_us",
+        "handshake_p99_us",
+        "proxy_cpu_pct",
+        "loadgen_cpu_pct",
+    ),
+    "rate_socks5": (
+        "direct_per_second",
+        "proxy_per_second",
+        "handshake_p50_us",
+        "handshake_p99_us",
+        "proxy_cpu_pct",
+        "loadgen_cpu_pct",
+    ),
+    "idle_memory": ("per_tunnel_kib",),
+    "black_hole": ("path_handshake_s", "handshake_s", "worst_handshake_s", "budget_s"),
+}
+
+
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
+)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(90)
+def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report_file,) = tmp_path.glob("*.json")
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    assert report["mode"] == "smoke"
+    metrics = report["metrics"]
+    for metric, fields in EXPECTED.items():
+        for field in fields:
+            value = metrics[metric][field]
+            assert isinstance(value, int | float), (metric, field, value)
+            assert value > 0, (metric, field, value)
+    assert metrics["rate_http_connect"]["errors"] == 0
+    assert metrics["rate_socks5"]["errors"] == 0
+    low, high = metrics["idle_memory"]["counts"]
+    assert metrics["idle_memory"]["verified_live"] == [low, high]
+    assert {t["metric"] for t in report["targets"]} == set(EXPECTED)
+    assert (tmp_path / report_file.name.replace(".json", ".md")).is_file()
