@@ -499,4 +499,7 @@ class Session(asyncio.Protocol):
         if first:
             tunnel.client.received += len(first)
             upstream.write(first)
-        client.resume_reading()
+        # If the destination did not take the first bytes whole, the write paused the client
+        # (the pump holds a buffer): its resume_writing resumes it, not us.
+        if tunnel.client.held is None:
+            client.resume_reading()

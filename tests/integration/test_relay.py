@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 import uvloop
 
-from ipv4proxy.config import Config, LimitsConfig, Listener, ResolverConfig
+from ipv4proxy.config import Config, LimitsConfig, Listener, PolicyConfig, ResolverConfig
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.server import Proxy
 
@@ -44,7 +44,9 @@ async def _tunnel_through(proxy_port: int, target_port: int, seed: int) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    if not head.startswith(b"HTTP/1.1 200"):
+        writer.close()
+        raise AssertionError(head)
     payload = random.Random(seed).randbytes(SIZE)
 
     async def send() -> None:
@@ -74,6 +76,8 @@ async def _scenario() -> None:
         listeners=(Listener("127.0.0.1", 0),),
         resolver=ResolverConfig(hosts_file="/dev/null", resolv_conf="/dev/null"),
         limits=LimitsConfig(handshake_timeout=5.0),
+        # Loopback on any port: refused by the default policy, opened for this test.
+        policy=PolicyConfig(ports=("1-65535",), allow_cidrs=("127.0.0.0/8",)),
     )
     proxy = Proxy(config, Resolver(config.resolver, hosts={}))
     (_, proxy_port), *_ = await proxy.start()
