@@ -43,6 +43,7 @@ __all__ = [
     "Config",
     "DialerConfig",
     "DrainConfig",
+    "HttpConfig",
     "LimitsConfig",
     "Listener",
     "LogConfig",
@@ -404,6 +405,19 @@ def _parents_ok(parents: tuple[ParentConfig, ...]) -> None:
             raise ConfigError(f"parents[{index}].name: {parent.label!r} is used twice")
         seen.add(parent.label)
 
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    # "status" keeps the clear answer (status + reason) that people, curl, aiohttp, undici
+    # and global-agent turn into an error. "close" exists for https-proxy-agent clients
+    # that only re-emit a non-200 answer (Baileys then stalls), but it makes undici retry
+    # in a tight loop and global-agent wait forever: the client matrix in the README.
+    connect_failure: str = _setting(
+        "status",
+        "how a CONNECT to an unreachable or refused destination fails: 'status' answers "
+        "with the HTTP status and reason; 'close' closes the connection without an answer",
+        _one_of("status", "close"),
+    )
+
 
 def _nameservers_ok(config: ResolverConfig) -> None:
     for index, text in enumerate(config.nameservers):
@@ -428,6 +442,7 @@ class Config:
     parents: tuple[ParentConfig, ...] = _setting(
         (), "parent proxies and the destinations that go through them"
     )
+    http: HttpConfig = _setting(HttpConfig(), "HTTP proxy answers")
 
 
 def _listeners_safe(config: Config) -> None:

@@ -46,6 +46,7 @@ from ipv4proxy.protocols import (
     Connect,
     Forward,
     Handshake,
+    HttpHandshake,
     Send,
     new_handshake,
 )
@@ -381,11 +382,18 @@ class Session(asyncio.Protocol):
             self._refuse(error, handshake.protocol, handshake.target)
 
     def _refuse(self, error: ProxyError, protocol: str, target: str = "-") -> None:
-        """Send the handshake's answer for ``error``, close, and log the cause."""
+        """Send the handshake's answer for ``error``, close, and log the cause.
+
+        The log line is the same whatever ``http.connect_failure`` makes of the answer.
+        """
         if self.transport.is_closing():
             return
-        if self.handshake is not None:
-            self.transport.write(self.handshake.error_reply(error))
+        handshake = self.handshake
+        if isinstance(handshake, HttpHandshake):
+            mode = self.proxy.config.http.connect_failure
+            self.transport.write(handshake.error_reply(error, connect_failure=mode))
+        elif handshake is not None:
+            self.transport.write(handshake.error_reply(error))
         self.transport.close()
         self.proxy.metrics.refused(error)  # ops
         event(

@@ -2,7 +2,8 @@
 
 Job: buffer one request head, check it, and return one `Connect` (CONNECT authority-form)
 or `Forward` (absolute-form ``http://`` request, with the head rewritten for the origin
-server). Also build the replies: the CONNECT 200 and the error responses.
+server). Also build the replies: the CONNECT 200 and the error responses (or, for a
+failed CONNECT destination with ``connect_failure="close"``, no reply at all).
 
 Rules (RFC 9112 / RFC 9110), each refusal a ProtocolError and nothing else:
 - The head ends at the first CRLF CRLF. Longer than ``max_head`` bytes -> HEAD_TOO_LARGE;
@@ -38,7 +39,7 @@ from ipv4proxy.errors import Failure, ProtocolError, ProxyError
 from ipv4proxy.protocols.events import Connect, Destination, Event, Forward
 from ipv4proxy.protocols.host import parse_authority
 
-__all__ = ["MAX_HEAD", "MAX_HEADERS", "HttpHandshake", "error_response"]
+__all__ = ["DESTINATION_FAILURES", "MAX_HEAD", "MAX_HEADERS", "HttpHandshake", "error_response"]
 
 # 32 KiB holds the largest real proxy request heads (long cookies go to the origin in
 # the same head) and matches nginx's default large_client_header_buffers (4 x 8k).
@@ -70,6 +71,24 @@ _HOP_BY_HOP = frozenset(
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+# Failures of a well-formed CONNECT whose destination cannot or may not be reached: the
+# ones ``connect_failure="close"`` signals by closing. The others keep their status: the
+# client sent something wrong (400, 431, 408, 501), or must answer a challenge (407).
+DESTINATION_FAILURES = frozenset(
+    {
+        Failure.IPV6_LITERAL,
+        Failure.DENIED,
+        Failure.NXDOMAIN,
+        Failure.NODATA,
+        Failure.DNS_FAILURE,
+        Failure.REFUSED,
+        Failure.HOST_UNREACHABLE,
+        Failure.NET_UNREACHABLE,
+        Failure.CONNECT_FAILED,
+        Failure.TIMEOUT,
+    }
+)
 
 Header = tuple[bytes, bytes, bytes]  # (lower-cased name, name as sent, stripped value)
 
@@ -169,8 +188,19 @@ class HttpHandshake:
         """The reply once the tunnel is open: 200 for CONNECT, nothing for forwarding."""
         return _CONNECT_OK if self._state is _State.CONNECT else b""
 
-    def error_reply(self, error: ProxyError) -> bytes:
-        """A complete ``Connection: close`` response for ``error``, reason in the body."""
+    def error_reply(self, error: ProxyError, *, connect_failure: str = "status") -> bytes:
+        """A complete ``Connection: close`` response for ``error``, reason in the body.
+
+        With ``connect_failure="close"``, a CONNECT whose destination failed gets no bytes
+        at all (the session then closes), so proxy agents that would replay a status to
+        their caller (https-proxy-agent) raise an error instead.
+        """
+        if (
+            connect_failure == "close"
+            and self.protocol == "http-connect"
+            and error.failure in DESTINATION_FAILURES
+        ):
+            return b""
         return error_response(error)
 
 

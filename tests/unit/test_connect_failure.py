@@ -1,0 +1,90 @@
+"""``http.connect_failure``: the setting, and which HTTP answers it changes (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ipv4proxy.cli import parse
+from ipv4proxy.config import load
+from ipv4proxy.errors import ConfigError, Failure, ProtocolError, UpstreamError
+from ipv4proxy.protocols.http import DESTINATION_FAILURES, HttpHandshake, error_response
+
+# The failures that keep their status in every mode, and why.
+KEEPS_STATUS = {
+    Failure.MALFORMED: "the client sent a bad request",
+    Failure.HEAD_TOO_LARGE: "the client sent a bad request",
+    Failure.HANDSHAKE_TIMEOUT: "the client was too slow",
+    Failure.UNSUPPORTED: "the client asked for something this proxy does not do",
+    Failure.BAD_ADDRESS_TYPE: "the client sent a bad request",
+    Failure.AUTH_REQUIRED: "the client must see the 407 challenge to authenticate",
+}
+
+
+def test_every_failure_is_classified() -> None:
+    assert DESTINATION_FAILURES.isdisjoint(KEEPS_STATUS)
+    assert DESTINATION_FAILURES | set(KEEPS_STATUS) == set(Failure)
+
+
+def test_default_is_status() -> None:
+    assert load().http.connect_failure == "status"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "argv"),
+    [
+        ("http: {connect_failure: close}", {}, []),
+        ("", {"IPV4PROXY_HTTP_CONNECT_FAILURE": "close"}, []),
+        ("", {}, ["--http-connect-failure", "close"]),
+    ],
+)
+def test_every_spelling(text: str, environ: dict[str, str], argv: list[str]) -> None:
+    if argv:
+        assert parse(argv, environ).http.connect_failure == "close"
+    else:
+        assert load(text, environ).http.connect_failure == "close"
+
+
+def test_bad_value_names_the_key() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^http\.connect_failure: expected one of status, close, got 'rst'$"
+    ):
+        load("http: {connect_failure: rst}")
+
+
+def _connect(handshake: HttpHandshake, authority: str = "example.com:443") -> HttpHandshake:
+    handshake.feed(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    return handshake
+
+
+@pytest.mark.parametrize("failure", sorted(DESTINATION_FAILURES, key=lambda f: f.name))
+def test_close_mode_sends_nothing_for_a_failed_connect(failure: Failure) -> None:
+    handshake = _connect(HttpHandshake())
+    error = UpstreamError("reason", failure=failure)
+    assert handshake.error_reply(error, connect_failure="close") == b""
+    assert handshake.error_reply(error, connect_failure="status") == error_response(error)
+    assert handshake.error_reply(error) == error_response(error)
+
+
+@pytest.mark.parametrize("failure", sorted(KEEPS_STATUS, key=lambda f: f.name))
+def test_close_mode_keeps_the_status_for_client_errors(failure: Failure) -> None:
+    handshake = _connect(HttpHandshake())
+    error = ProtocolError("reason", failure=failure)
+    assert handshake.error_reply(error, connect_failure="close") == error_response(error)
+
+
+def test_close_mode_covers_a_refused_ipv6_connect() -> None:
+    """The IPv6 literal is refused while parsing; the reply still knows it was a CONNECT."""
+    handshake = HttpHandshake()
+    with pytest.raises(ProtocolError) as info:
+        handshake.feed(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n")
+    assert info.value.failure is Failure.IPV6_LITERAL
+    assert handshake.error_reply(info.value, connect_failure="close") == b""
+
+
+@pytest.mark.parametrize("failure", sorted(DESTINATION_FAILURES, key=lambda f: f.name))
+def test_forwarding_keeps_its_status_in_close_mode(failure: Failure) -> None:
+    """A forwarded request's error status is its response: every client handles that."""
+    handshake = HttpHandshake()
+    handshake.feed(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    error = UpstreamError("reason", failure=failure)
+    assert handshake.error_reply(error, connect_failure="close") == error_response(error)
