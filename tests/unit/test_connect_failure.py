@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from ipv4proxy.cli import parse
@@ -18,6 +20,10 @@ KEEPS_STATUS = {
     Failure.BAD_ADDRESS_TYPE: "the client sent a bad request",
     Failure.AUTH_REQUIRED: "the client must see the 407 challenge to authenticate",
 }
+
+
+def _sorted(failures: Iterable[Failure]) -> list[Failure]:
+    return sorted(failures, key=lambda failure: failure.name)
 
 
 def test_every_failure_is_classified() -> None:
@@ -56,7 +62,7 @@ def _connect(handshake: HttpHandshake, authority: str = "example.com:443") -> Ht
     return handshake
 
 
-@pytest.mark.parametrize("failure", sorted(DESTINATION_FAILURES, key=lambda f: f.name))
+@pytest.mark.parametrize("failure", _sorted(DESTINATION_FAILURES))
 def test_close_mode_sends_nothing_for_a_failed_connect(failure: Failure) -> None:
     handshake = _connect(HttpHandshake())
     error = UpstreamError("reason", failure=failure)
@@ -65,7 +71,7 @@ def test_close_mode_sends_nothing_for_a_failed_connect(failure: Failure) -> None
     assert handshake.error_reply(error) == error_response(error)
 
 
-@pytest.mark.parametrize("failure", sorted(KEEPS_STATUS, key=lambda f: f.name))
+@pytest.mark.parametrize("failure", _sorted(KEEPS_STATUS))
 def test_close_mode_keeps_the_status_for_client_errors(failure: Failure) -> None:
     handshake = _connect(HttpHandshake())
     error = ProtocolError("reason", failure=failure)
@@ -81,7 +87,7 @@ def test_close_mode_covers_a_refused_ipv6_connect() -> None:
     assert handshake.error_reply(info.value, connect_failure="close") == b""
 
 
-@pytest.mark.parametrize("failure", sorted(DESTINATION_FAILURES, key=lambda f: f.name))
+@pytest.mark.parametrize("failure", _sorted(DESTINATION_FAILURES))
 def test_forwarding_keeps_its_status_in_close_mode(failure: Failure) -> None:
     """A forwarded request's error status is its response: every client handles that."""
     handshake = HttpHandshake()

@@ -1,0 +1,156 @@
+// One real client, every failure case at once: what does the client do when the proxy fails?
+//
+// usage: node matrix.mjs CLIENT WINDOW_MS CASES_JSON
+//   CLIENT: baileys-https-proxy-agent | baileys-socks-proxy-agent | ws-https-proxy-agent |
+//           ws-socks-proxy-agent | ws-global-agent | undici-proxy-agent
+//   CASES_JSON: [{"id": "...", "proxy": "http://... or socks5h://...", "url": "wss://..."}]
+//   (ws-global-agent ignores "proxy": run it with -r global-agent/bootstrap and
+//   GLOBAL_AGENT_HTTP_PROXY set, so the proxy comes from the environment alone.)
+// Trust comes from NODE_EXTRA_CA_CERTS. Cases run concurrently; each is bounded by
+// WINDOW_MS and prints one JSON line {"id", "outcome", "ms", "detail"}, outcome one of:
+//   open       the WebSocket opened (ws clients)
+//   ok         the HTTP request got a response (undici), "detail" holds its status
+//   error      the client reported an error within the window
+//   reconnect  Baileys closed with an error (connection.update "close"), the recipe's
+//              handler reconnected, and the second attempt closed too: the gateway's
+//              reconnect loop is alive
+//   stall      nothing within the window: no error, no close, no reconnect
+// Then the process exits 0, whatever is still pending (a stalled socket, a retry loop).
+import { createRequire } from "node:module";
+import { HttpsProxyAgent } from "https-proxy-agent";
+import { SocksProxyAgent } from "socks-proxy-agent";
+import { ProxyAgent, fetch } from "undici";
+import WebSocket from "ws";
+
+const require = createRequire(import.meta.url);
+const [client, windowText, casesJson] = process.argv.slice(2);
+const WINDOW_MS = Number(windowText);
+const cases = JSON.parse(casesJson ?? "null");
+// Baileys' reconnect handler (the README's recipe) is run this many times per case.
+const ATTEMPTS = 2;
+
+function describe(error) {
+  if (!error) return "";
+  const inner = error.cause ? ` (cause: ${describe(error.cause)})` : "";
+  return `${error.code ?? error.name ?? ""} ${error.message ?? String(error)}${inner}`.trim();
+}
+
+// Resolves with the first outcome reported, or "stall" once the window has passed.
+function bounded(run) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let done = false;
+    const report = (outcome, detail = "") => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve({ outcome, ms: Date.now() - started, detail: String(detail).slice(0, 300) });
+    };
+    const timer = setTimeout(() => report("stall"), WINDOW_MS);
+    try {
+      run(report);
+    } catch (error) {
+      report("error", `thrown: ${describe(error)}`);
+    }
+  });
+}
+
+const agents = {
+  "https-proxy-agent": (proxy) => new HttpsProxyAgent(proxy),
+  "socks-proxy-agent": (proxy) => new SocksProxyAgent(proxy),
+};
+
+function wsCase(agent) {
+  return ({ url }) =>
+    bounded((report) => {
+      const ws = agent === undefined ? new WebSocket(url) : new WebSocket(url, { agent });
+      ws.on("open", () => {
+        report("open");
+        ws.terminate();
+      });
+      ws.on("error", (error) => report("error", describe(error)));
+      ws.on("close", (code) => report("error", `closed ${code} before opening`));
+    });
+}
+
+function undiciCase({ proxy, url }) {
+  return bounded((report) => {
+    fetch(url, { dispatcher: new ProxyAgent(proxy) }).then(
+      (response) => report("ok", response.status),
+      (error) => report("error", describe(error)),
+    );
+  });
+}
+
+// A logger with pino's shape that prints nothing (Baileys logs through it).
+const silent = {
+  level: "silent",
+  child() {
+    return silent;
+  },
+  trace() {},
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+  fatal() {},
+};
+
+function baileysCase(makeAgent) {
+  const baileys = require("baileys");
+  const makeWASocket = baileys.default ?? baileys.makeWASocket;
+  const { Browsers, DisconnectReason, initAuthCreds } = baileys;
+  return ({ proxy, url }) =>
+    bounded((report) => {
+      const closes = [];
+      const connect = () => {
+        const sock = makeWASocket({
+          auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
+          logger: silent,
+          browser: Browsers.ubuntu("Chrome"),
+          waWebSocketUrl: url,
+          agent: makeAgent(proxy),
+          printQRInTerminal: false,
+          markOnlineOnConnect: false,
+        });
+        // The reconnect handler a gateway runs, as in the README.
+        sock.ev.on("connection.update", ({ connection, lastDisconnect }) => {
+          if (connection !== "close") return;
+          const error = lastDisconnect?.error;
+          closes.push(describe(error));
+          if (error?.output?.statusCode === DisconnectReason.loggedOut) {
+            report("error", `logged out: ${closes.join("; ")}`);
+          } else if (closes.length >= ATTEMPTS) {
+            report("reconnect", closes.join("; "));
+          } else {
+            connect();
+          }
+        });
+      };
+      connect();
+    });
+}
+
+const clients = {
+  "baileys-https-proxy-agent": () => baileysCase(agents["https-proxy-agent"]),
+  "baileys-socks-proxy-agent": () => baileysCase(agents["socks-proxy-agent"]),
+  "ws-https-proxy-agent": () => (c) => wsCase(agents["https-proxy-agent"](c.proxy))(c),
+  "ws-socks-proxy-agent": () => (c) => wsCase(agents["socks-proxy-agent"](c.proxy))(c),
+  "ws-global-agent": () => wsCase(undefined),
+  "undici-proxy-agent": () => undiciCase,
+};
+
+if (!(client in clients) || !(WINDOW_MS > 0) || !Array.isArray(cases)) {
+  console.error("usage: node matrix.mjs CLIENT WINDOW_MS CASES_JSON");
+  process.exit(64);
+}
+// A client library's stray rejection must not end the run before every case has reported.
+process.on("unhandledRejection", (error) => console.error(`unhandled: ${describe(error)}`));
+const runCase = clients[client]();
+await Promise.all(
+  cases.map(async (c) => {
+    const result = await runCase(c);
+    console.log(JSON.stringify({ id: c.id, ...result }));
+  }),
+);
+process.exit(0);
