@@ -407,15 +407,16 @@ def _parents_ok(parents: tuple[ParentConfig, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    # "status" keeps the clear answer (status + reason) that people, curl, aiohttp, undici
-    # and global-agent turn into an error. "close" exists for https-proxy-agent clients
-    # that only re-emit a non-200 answer (Baileys then stalls), but it makes undici retry
-    # in a tight loop and global-agent wait forever: the client matrix in the README.
+    # "reset" because it is the one mode every client in the matrix (README, "How a failed
+    # CONNECT is signalled") turns into a prompt error: "status" stalls Baileys behind
+    # https-proxy-agent (the status is replayed to ws as the upgrade's answer), "close"
+    # stalls global-agent and sends undici's ProxyAgent into a reconnect loop.
     connect_failure: str = _setting(
-        "status",
-        "how a CONNECT to an unreachable or refused destination fails: 'status' answers "
-        "with the HTTP status and reason; 'close' closes the connection without an answer",
-        _one_of("status", "close"),
+        "reset",
+        "how a CONNECT to an unreachable or refused destination fails: 'reset' closes the "
+        "connection with an RST, 'close' closes it with a FIN, 'status' answers with the "
+        "HTTP status and the reason (the log names the cause in every mode)",
+        _one_of("reset", "close", "status"),
     )
 
 

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import struct
 from collections.abc import Sequence
 from typing import cast
 
@@ -69,6 +70,14 @@ def _address(peer: object) -> str:
 # After the tunnels are cut at the end of a drain, how long to wait for their close
 # callbacks (access lines, metrics) and for the listeners to finish closing.
 _CLOSE_SECONDS = 2.0
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Make the coming close an abortive one: an RST, which every client reads as an error."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Proxy:
@@ -391,6 +400,8 @@ class Session(asyncio.Protocol):
         handshake = self.handshake
         if isinstance(handshake, HttpHandshake):
             mode = self.proxy.config.http.connect_failure
+            if handshake.closes_silently(error, mode) and mode == "reset":
+                _reset(self.transport)
             self.transport.write(handshake.error_reply(error, connect_failure=mode))
         elif handshake is not None:
             self.transport.write(handshake.error_reply(error))

@@ -3,7 +3,7 @@
 Job: buffer one request head, check it, and return one `Connect` (CONNECT authority-form)
 or `Forward` (absolute-form ``http://`` request, with the head rewritten for the origin
 server). Also build the replies: the CONNECT 200 and the error responses (or, for a
-failed CONNECT destination with ``connect_failure="close"``, no reply at all).
+failed CONNECT destination with ``connect_failure`` "close" or "reset", no reply at all).
 
 Rules (RFC 9112 / RFC 9110), each refusal a ProtocolError and nothing else:
 - The head ends at the first CRLF CRLF. Longer than ``max_head`` bytes -> HEAD_TOO_LARGE;
@@ -73,7 +73,7 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 # Failures of a well-formed CONNECT whose destination cannot or may not be reached: the
-# ones ``connect_failure="close"`` signals by closing. The others keep their status: the
+# ones ``connect_failure`` "close" and "reset" signal by closing. The others keep their status: the
 # client sent something wrong (400, 431, 408, 501), or must answer a challenge (407).
 DESTINATION_FAILURES = frozenset(
     {
@@ -188,18 +188,23 @@ class HttpHandshake:
         """The reply once the tunnel is open: 200 for CONNECT, nothing for forwarding."""
         return _CONNECT_OK if self._state is _State.CONNECT else b""
 
-    def error_reply(self, error: ProxyError, *, connect_failure: str = "status") -> bytes:
-        """A complete ``Connection: close`` response for ``error``, reason in the body.
+    def closes_silently(self, error: ProxyError, connect_failure: str) -> bool:
+        """True when ``error`` gets no answer but a closed connection in this mode.
 
-        With ``connect_failure="close"``, a CONNECT whose destination failed gets no bytes
-        at all (the session then closes), so proxy agents that would replay a status to
-        their caller (https-proxy-agent) raise an error instead.
+        That is a CONNECT whose destination failed or was refused (`DESTINATION_FAILURES`)
+        when ``connect_failure`` is "close" (FIN) or "reset" (RST): proxy agents that would
+        replay a status to their caller (https-proxy-agent) then raise an error instead.
         """
-        if (
-            connect_failure == "close"
+        return (
+            connect_failure != "status"
             and self.protocol == "http-connect"
             and error.failure in DESTINATION_FAILURES
-        ):
+        )
+
+    def error_reply(self, error: ProxyError, *, connect_failure: str = "status") -> bytes:
+        """A complete ``Connection: close`` response for ``error``, reason in the body;
+        nothing at all when `closes_silently` says so."""
+        if self.closes_silently(error, connect_failure):
             return b""
         return error_response(error)
 

@@ -51,6 +51,10 @@ DEFAULT_PROXY_FLAGS: tuple[str, ...] = (
     "info",
     "--admin-listen",
     "127.0.0.1:0",
+    # Tests assert the exact status and reason of failed CONNECTs; the silent modes are
+    # tested where they are set explicitly (tests/integration/test_client_matrix.py).
+    "--http-connect-failure",
+    "status",
 )
 
 # Bounds: waiting for the "listening on" line, for SIGTERM to end the process (before

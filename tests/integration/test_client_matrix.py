@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -45,7 +46,7 @@ WINDOW_S = 8.0
 CONNECT_TIMEOUT_S = "1"
 # Bound on each client process: the window plus start-up (loading Baileys) on a busy host.
 PROCESS_S = WINDOW_S + 40.0
-MODES = ("status", "close")
+MODES = ("status", "close", "reset")
 # Far fewer CONNECTs to one failing target than undici's retry loop makes in one window
 # (230-620 measured on a loaded 2-core host), far more than the clients' single attempts.
 _STORM = 50
@@ -75,6 +76,16 @@ def _row(ok: str, failed: str) -> dict[str, str]:
     return {"ok": ok, **dict.fromkeys(FAILURES, failed)}
 
 
+EXPECTED_OK = {
+    "baileys-https-proxy-agent": "reconnect",
+    "baileys-socks-proxy-agent": "reconnect",
+    "ws-https-proxy-agent": "open",
+    "ws-socks-proxy-agent": "open",
+    "ws-global-agent": "open",
+    "undici-proxy-agent": "ok",
+    "curl": "ok",
+    "aiohttp": "ok",
+}
 # (client, mode) -> case -> outcome. See tests/node/matrix.mjs for the outcome names.
 EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     # https-proxy-agent replays the status to ws as the upgrade's response; ws emits
@@ -99,7 +110,11 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     ("curl", "close"): _row("ok", "error"),
     ("aiohttp", "status"): _row("ok", "error"),
     ("aiohttp", "close"): _row("ok", "error"),
+    # An RST is an error to every client: none stalls, none retries in a loop.
+    **{(client, "reset"): _row(EXPECTED_OK[client], "error") for client in CLIENTS},
 }
+for _client in ("baileys-https-proxy-agent", "baileys-socks-proxy-agent"):
+    EXPECTED[_client, "reset"] = _row("reconnect", "reconnect")
 
 
 @dataclass
@@ -339,3 +354,40 @@ def test_close_mode_makes_undici_retry_in_a_loop(matrix: Matrix, failure: str) -
     target = matrix.targets[failure]
     assert _connects(matrix.proxies["status"], target) <= len(CLIENTS)
     assert _connects(matrix.proxies["close"], target) >= _STORM
+
+
+def _exchange(proxy: ProxyProcess, request: bytes) -> bytes | str:
+    """Send `request`, read to EOF: the bytes, or the name of the error that ended the read."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=WINDOW_S) as sock:
+        sock.sendall(request)
+        received = b""
+        try:
+            for _ in range(64):  # an error answer is one short response
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+        except ConnectionResetError:
+            return "RST"
+        return received
+
+
+_STATUS_LINE = b"HTTP/1.1 502 Bad Gateway\r\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer"), [("status", _STATUS_LINE), ("close", b""), ("reset", "RST")]
+)
+def test_what_a_failed_connect_gets_on_the_wire(
+    matrix: Matrix, mode: str, answer: bytes | str
+) -> None:
+    request = b"CONNECT missing.test:443 HTTP/1.1\r\nHost: missing.test:443\r\n\r\n"
+    got = _exchange(matrix.proxies[mode], request)
+    assert got[: len(_STATUS_LINE)] == answer
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forwarding_keeps_its_status_in_every_mode(matrix: Matrix, mode: str) -> None:
+    request = b"GET http://missing.test/ HTTP/1.1\r\nHost: missing.test\r\n\r\n"
+    got = _exchange(matrix.proxies[mode], request)
+    assert got[: len(_STATUS_LINE)] == _STATUS_LINE

@@ -1,4 +1,4 @@
-"""``http.connect_failure``: the setting, and which HTTP answers it changes (pure)."""
+"""``http.connect_failure``: the setting, and which HTTP answers it silences (pure)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ipv4proxy.config import load
 from ipv4proxy.errors import ConfigError, Failure, ProtocolError, UpstreamError
 from ipv4proxy.protocols.http import DESTINATION_FAILURES, HttpHandshake, error_response
 
+SILENT_MODES = ("close", "reset")
 # The failures that keep their status in every mode, and why.
 KEEPS_STATUS = {
     Failure.MALFORMED: "the client sent a bad request",
@@ -31,8 +32,8 @@ def test_every_failure_is_classified() -> None:
     assert DESTINATION_FAILURES | set(KEEPS_STATUS) == set(Failure)
 
 
-def test_default_is_status() -> None:
-    assert load().http.connect_failure == "status"
+def test_default_is_reset() -> None:
+    assert load().http.connect_failure == "reset"
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,7 @@ def test_default_is_status() -> None:
     [
         ("http: {connect_failure: close}", {}, []),
         ("", {"IPV4PROXY_HTTP_CONNECT_FAILURE": "close"}, []),
-        ("", {}, ["--http-connect-failure", "close"]),
+        ("", {"IPV4PROXY_HTTP_CONNECT_FAILURE": "status"}, ["--http-connect-failure", "close"]),
     ],
 )
 def test_every_spelling(text: str, environ: dict[str, str], argv: list[str]) -> None:
@@ -51,9 +52,8 @@ def test_every_spelling(text: str, environ: dict[str, str], argv: list[str]) -> 
 
 
 def test_bad_value_names_the_key() -> None:
-    with pytest.raises(
-        ConfigError, match=r"^http\.connect_failure: expected one of status, close, got 'rst'$"
-    ):
+    expected = r"^http\.connect_failure: expected one of reset, close, status, got 'rst'$"
+    with pytest.raises(ConfigError, match=expected):
         load("http: {connect_failure: rst}")
 
 
@@ -62,35 +62,42 @@ def _connect(handshake: HttpHandshake, authority: str = "example.com:443") -> Ht
     return handshake
 
 
+@pytest.mark.parametrize("mode", SILENT_MODES)
 @pytest.mark.parametrize("failure", _sorted(DESTINATION_FAILURES))
-def test_close_mode_sends_nothing_for_a_failed_connect(failure: Failure) -> None:
+def test_silent_modes_send_nothing_for_a_failed_connect(failure: Failure, mode: str) -> None:
     handshake = _connect(HttpHandshake())
     error = UpstreamError("reason", failure=failure)
-    assert handshake.error_reply(error, connect_failure="close") == b""
+    assert handshake.closes_silently(error, mode)
+    assert handshake.error_reply(error, connect_failure=mode) == b""
+    assert not handshake.closes_silently(error, "status")
     assert handshake.error_reply(error, connect_failure="status") == error_response(error)
     assert handshake.error_reply(error) == error_response(error)
 
 
+@pytest.mark.parametrize("mode", SILENT_MODES)
 @pytest.mark.parametrize("failure", _sorted(KEEPS_STATUS))
-def test_close_mode_keeps_the_status_for_client_errors(failure: Failure) -> None:
+def test_silent_modes_keep_the_status_for_client_errors(failure: Failure, mode: str) -> None:
     handshake = _connect(HttpHandshake())
     error = ProtocolError("reason", failure=failure)
-    assert handshake.error_reply(error, connect_failure="close") == error_response(error)
+    assert not handshake.closes_silently(error, mode)
+    assert handshake.error_reply(error, connect_failure=mode) == error_response(error)
 
 
-def test_close_mode_covers_a_refused_ipv6_connect() -> None:
+@pytest.mark.parametrize("mode", SILENT_MODES)
+def test_silent_modes_cover_a_refused_ipv6_connect(mode: str) -> None:
     """The IPv6 literal is refused while parsing; the reply still knows it was a CONNECT."""
     handshake = HttpHandshake()
     with pytest.raises(ProtocolError) as info:
         handshake.feed(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n")
     assert info.value.failure is Failure.IPV6_LITERAL
-    assert handshake.error_reply(info.value, connect_failure="close") == b""
+    assert handshake.error_reply(info.value, connect_failure=mode) == b""
 
 
+@pytest.mark.parametrize("mode", SILENT_MODES)
 @pytest.mark.parametrize("failure", _sorted(DESTINATION_FAILURES))
-def test_forwarding_keeps_its_status_in_close_mode(failure: Failure) -> None:
+def test_forwarding_keeps_its_status_in_silent_modes(failure: Failure, mode: str) -> None:
     """A forwarded request's error status is its response: every client handles that."""
     handshake = HttpHandshake()
     handshake.feed(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
     error = UpstreamError("reason", failure=failure)
-    assert handshake.error_reply(error, connect_failure="close") == error_response(error)
+    assert handshake.error_reply(error, connect_failure=mode) == error_response(error)
