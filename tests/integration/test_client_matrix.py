@@ -2,8 +2,9 @@
 
 For every client a WhatsApp gateway runs (Baileys through https-proxy-agent and through
 socks-proxy-agent, plain ``ws`` through both and through global-agent with environment
-variables only, undici's ProxyAgent, curl, aiohttp), every failure (no A record,
-NXDOMAIN, refused, connect timeout, a refusal by the proxy's own rule) and each mode of
+variables only, undici's ProxyAgent, axios with either agent (Baileys 6.17's media path),
+curl, aiohttp), every failure (no A record, NXDOMAIN, refused, connect timeout, a refusal
+by the proxy's own rule) and each mode of
 ``http.connect_failure``, `EXPECTED` records the outcome: an error reported promptly,
 Baileys closing and its reconnect handler trying again, or a stall. A change in any
 client's behaviour fails the test for its cell, so the README's table stays true.
@@ -58,11 +59,13 @@ NODE_CLIENTS = (
     "ws-socks-proxy-agent",
     "ws-global-agent",
     "undici-proxy-agent",
+    "axios-https-proxy-agent",
+    "axios-socks-proxy-agent",
 )
 CLIENTS = (*NODE_CLIENTS, "curl", "aiohttp")
 FAILURES = ("no-a-record", "nxdomain", "refused", "connect-timeout", "refusal")
 CASES = ("ok", *FAILURES)
-# What the proxy logs as the cause of each failure (the same in both modes).
+# What the proxy logs as the cause of each failure (the same in every mode).
 CAUSES = {
     "no-a-record": "NODATA",
     "nxdomain": "NXDOMAIN",
@@ -76,45 +79,67 @@ def _row(ok: str, failed: str) -> dict[str, str]:
     return {"ok": ok, **dict.fromkeys(FAILURES, failed)}
 
 
-EXPECTED_OK = {
-    "baileys-https-proxy-agent": "reconnect",
-    "baileys-socks-proxy-agent": "reconnect",
-    "ws-https-proxy-agent": "open",
-    "ws-socks-proxy-agent": "open",
-    "ws-global-agent": "open",
-    "undici-proxy-agent": "ok",
-    "curl": "ok",
-    "aiohttp": "ok",
-}
 # (client, mode) -> case -> outcome. See tests/node/matrix.mjs for the outcome names.
+# The README's matrix is rendered from this table (test_readme_shows_the_matrix).
 EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     # https-proxy-agent replays the status to ws as the upgrade's response; ws emits
     # 'unexpected-response', which Baileys re-emits and nothing else: no close, no retry.
     ("baileys-https-proxy-agent", "status"): _row("reconnect", "stall"),
     ("baileys-https-proxy-agent", "close"): _row("reconnect", "reconnect"),
+    ("baileys-https-proxy-agent", "reset"): _row("reconnect", "reconnect"),
     ("baileys-socks-proxy-agent", "status"): _row("reconnect", "reconnect"),
     ("baileys-socks-proxy-agent", "close"): _row("reconnect", "reconnect"),
+    ("baileys-socks-proxy-agent", "reset"): _row("reconnect", "reconnect"),
     ("ws-https-proxy-agent", "status"): _row("open", "error"),
     ("ws-https-proxy-agent", "close"): _row("open", "error"),
+    ("ws-https-proxy-agent", "reset"): _row("open", "error"),
     ("ws-socks-proxy-agent", "status"): _row("open", "error"),
     ("ws-socks-proxy-agent", "close"): _row("open", "error"),
+    ("ws-socks-proxy-agent", "reset"): _row("open", "error"),
     # global-agent starts TLS on the first byte the proxy sends, whatever it is; with no
-    # byte at all it waits forever.
+    # byte at all (a FIN) it waits forever.
     ("ws-global-agent", "status"): _row("open", "error"),
     ("ws-global-agent", "close"): _row("open", "stall"),
+    ("ws-global-agent", "reset"): _row("open", "error"),
     # undici takes a connection closed during CONNECT for a socket error it may retry,
     # and retries at once, forever: a stall for the caller and a storm for the proxy.
     ("undici-proxy-agent", "status"): _row("ok", "error"),
     ("undici-proxy-agent", "close"): _row("ok", "stall"),
+    ("undici-proxy-agent", "reset"): _row("ok", "error"),
+    # Baileys 6.17's media path (axios + agent): a non-2xx answer is an error to axios.
+    ("axios-https-proxy-agent", "status"): _row("ok", "error"),
+    ("axios-https-proxy-agent", "close"): _row("ok", "error"),
+    ("axios-https-proxy-agent", "reset"): _row("ok", "error"),
+    ("axios-socks-proxy-agent", "status"): _row("ok", "error"),
+    ("axios-socks-proxy-agent", "close"): _row("ok", "error"),
+    ("axios-socks-proxy-agent", "reset"): _row("ok", "error"),
     ("curl", "status"): _row("ok", "error"),
     ("curl", "close"): _row("ok", "error"),
+    ("curl", "reset"): _row("ok", "error"),
     ("aiohttp", "status"): _row("ok", "error"),
     ("aiohttp", "close"): _row("ok", "error"),
-    # An RST is an error to every client: none stalls, none retries in a loop.
-    **{(client, "reset"): _row(EXPECTED_OK[client], "error") for client in CLIENTS},
+    ("aiohttp", "reset"): _row("ok", "error"),
 }
-for _client in ("baileys-https-proxy-agent", "baileys-socks-proxy-agent"):
-    EXPECTED[_client, "reset"] = _row("reconnect", "reconnect")
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def render_matrix() -> str:
+    """The README's table: one row per client, one column per mode, for every failure."""
+    lines = [
+        "| client | " + " | ".join(f"`{mode}`" for mode in MODES) + " |",
+        "|---" * (len(MODES) + 1) + "|",
+    ]
+    for client in CLIENTS:
+        cells = []
+        for mode in MODES:
+            outcomes = {EXPECTED[client, mode][failure] for failure in FAILURES}
+            cells.append(" / ".join(sorted(outcomes)))
+        lines.append(f"| {client} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_shows_the_matrix() -> None:
+    assert render_matrix() in README.read_text(encoding="utf-8"), render_matrix()
 
 
 @dataclass
@@ -177,7 +202,7 @@ def _node_cases(client: str, mode: str, proxy: ProxyProcess, targets: dict[str, 
     scheme = "socks5h" if "socks" in client else "http"
     cases = []
     for case, target in targets.items():
-        if client.startswith("undici"):
+        if client.startswith(("undici", "axios")):
             url = f"https://{target}/hello"
         else:
             url = f"wss://{target}/wa/{client}-{mode}"
@@ -333,7 +358,7 @@ def test_baileys_reached_the_stand_in(matrix: Matrix, client: str, mode: str) ->
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("failure", FAILURES)
-def test_logs_name_the_cause_in_both_modes(matrix: Matrix, mode: str, failure: str) -> None:
+def test_logs_name_the_cause_in_every_mode(matrix: Matrix, mode: str, failure: str) -> None:
     proxy = matrix.proxies[mode]
     target = matrix.targets[failure]
     for protocol in ("http-connect", "socks5"):
@@ -349,8 +374,8 @@ def _connects(proxy: ProxyProcess, target: str) -> int:
 @pytest.mark.parametrize("failure", ["no-a-record", "nxdomain", "refused", "refusal"])
 def test_close_mode_makes_undici_retry_in_a_loop(matrix: Matrix, failure: str) -> None:
     """Evidence for the README: with 'close', undici's ProxyAgent never reports the error
-    but opens CONNECT after CONNECT (hundreds in one window here); with 'status' each of
-    the six HTTP CONNECT clients asks once."""
+    but opens CONNECT after CONNECT (hundreds in one window here); with 'status' each
+    HTTP CONNECT client asks once (Baileys twice when it reconnects)."""
     target = matrix.targets[failure]
     assert _connects(matrix.proxies["status"], target) <= len(CLIENTS)
     assert _connects(matrix.proxies["close"], target) >= _STORM

@@ -2,14 +2,16 @@
 //
 // usage: node matrix.mjs CLIENT WINDOW_MS CASES_JSON
 //   CLIENT: baileys-https-proxy-agent | baileys-socks-proxy-agent | ws-https-proxy-agent |
-//           ws-socks-proxy-agent | ws-global-agent | undici-proxy-agent
+//           ws-socks-proxy-agent | ws-global-agent | undici-proxy-agent |
+//           axios-https-proxy-agent | axios-socks-proxy-agent (Baileys 6.17's media path:
+//           axios with `httpsAgent`, the `fetchAgent` of uploads and the download options)
 //   CASES_JSON: [{"id": "...", "proxy": "http://... or socks5h://...", "url": "wss://..."}]
 //   (ws-global-agent ignores "proxy": run it with -r global-agent/bootstrap and
 //   GLOBAL_AGENT_HTTP_PROXY set, so the proxy comes from the environment alone.)
 // Trust comes from NODE_EXTRA_CA_CERTS. Cases run concurrently; each is bounded by
 // WINDOW_MS and prints one JSON line {"id", "outcome", "ms", "detail"}, outcome one of:
 //   open       the WebSocket opened (ws clients)
-//   ok         the HTTP request got a response (undici), "detail" holds its status
+//   ok         the HTTP request got a 200 response (undici, axios)
 //   error      the client reported an error within the window
 //   reconnect  Baileys closed with an error (connection.update "close"), the recipe's
 //              handler reconnected, and the second attempt closed too: the gateway's
@@ -17,6 +19,7 @@
 //   stall      nothing within the window: no error, no close, no reconnect
 // Then the process exits 0, whatever is still pending (a stalled socket, a retry loop).
 import { createRequire } from "node:module";
+import axios from "axios";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { SocksProxyAgent } from "socks-proxy-agent";
 import { ProxyAgent, fetch } from "undici";
@@ -76,10 +79,21 @@ function wsCase(agent) {
 function undiciCase({ proxy, url }) {
   return bounded((report) => {
     fetch(url, { dispatcher: new ProxyAgent(proxy) }).then(
-      (response) => report("ok", response.status),
+      (response) => report(response.status === 200 ? "ok" : "error", response.status),
       (error) => report("error", describe(error)),
     );
   });
+}
+
+function axiosCase(makeAgent) {
+  return ({ proxy, url }) =>
+    bounded((report) => {
+      // proxy: false, or axios would also apply HTTPS_PROXY from the environment on top.
+      axios.get(url, { httpsAgent: makeAgent(proxy), proxy: false }).then(
+        (response) => report("ok", response.status),
+        (error) => report("error", describe(error)),
+      );
+    });
 }
 
 // A logger with pino's shape that prints nothing (Baileys logs through it).
@@ -138,6 +152,8 @@ const clients = {
   "ws-socks-proxy-agent": () => (c) => wsCase(agents["socks-proxy-agent"](c.proxy))(c),
   "ws-global-agent": () => wsCase(undefined),
   "undici-proxy-agent": () => undiciCase,
+  "axios-https-proxy-agent": () => axiosCase(agents["https-proxy-agent"]),
+  "axios-socks-proxy-agent": () => axiosCase(agents["socks-proxy-agent"]),
 };
 
 if (!(client in clients) || !(WINDOW_MS > 0) || !Array.isArray(cases)) {
