@@ -8,8 +8,9 @@ client transport is handed to a `Pump` (``net.relay``) and the session is gone.
 Rules:
 - Every decision that needs no I/O is made in ``protocols`` or ``policy``; this module only
   moves bytes and awaits the resolver and the dialer.
-- Each expected failure is a ProxyError: the client gets the handshake's error reply, the
-  log gets one ``tunnel`` line naming the cause. Nothing else is sent or logged for it.
+- Each expected failure is a ProxyError: the client gets the handshake's error reply (for
+  a failed CONNECT, what ``http.connect_failure`` says: a reset, a close or the status),
+  the log gets one ``tunnel`` line naming the cause. Nothing else is sent or logged for it.
 - Phases have their own clocks: handshake_timeout until the request is complete, then the
   resolver's and the dialer's own timeouts, then idle_timeout on the open tunnel.
 - Bounds (``limits``): connections over max_connections (or max_connections_per_client
