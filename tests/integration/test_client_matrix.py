@@ -3,15 +3,14 @@
 For every client a WhatsApp gateway runs (Baileys through https-proxy-agent and through
 socks-proxy-agent, plain ``ws`` through both and through global-agent with environment
 variables only, undici's ProxyAgent, axios with either agent (Baileys 6.17's media path),
-curl, aiohttp), every failure (no A record, NXDOMAIN, refused, connect timeout, a refusal
-by the proxy's own rule) and each mode of
-``http.connect_failure``, `EXPECTED` records the outcome: an error reported promptly,
-Baileys closing and its reconnect handler trying again, or a stall. A change in any
-client's behaviour fails the test for its cell, so the README's table stays true.
+curl, aiohttp), every failure (no A record, NXDOMAIN, refused, connect timeout, a policy
+refusal, an IPv6 literal) and each mode of ``http.connect_failure``, `EXPECTED` records
+the outcome: an error reported promptly, Baileys closing and its reconnect handler trying
+again, or a stall. A change in any client's behaviour fails the test for its cell, so the
+README's table stays true.
 
-Policy refusal (403, ``Failure.DENIED``) is not on this branch yet; the refusal of an IPv6
-literal (``Failure.IPV6_LITERAL``) stands in for it: the same "refused by the proxy's own
-rule, before any dial" path, answered with 502 / SOCKS5 0x08 and closed the same way.
+The policy refusal is a destination name the matrix proxies deny (403 ``DENIED``, SOCKS5
+0x02); the IPv6 literal is the proxy's other refusal before any dial (502, SOCKS5 0x08).
 
 One Node process per client runs all its cases concurrently, each bounded by `WINDOW_S`,
 and prints a JSON line per case; curl runs once per case, aiohttp in one event loop. All
@@ -64,7 +63,7 @@ NODE_CLIENTS = (
     "axios-socks-proxy-agent",
 )
 CLIENTS = (*NODE_CLIENTS, "curl", "aiohttp")
-FAILURES = ("no-a-record", "nxdomain", "refused", "connect-timeout", "refusal")
+FAILURES = ("no-a-record", "nxdomain", "refused", "connect-timeout", "policy", "ipv6-literal")
 CASES = ("ok", *FAILURES)
 # What the proxy logs as the cause of each failure (the same in every mode).
 CAUSES = {
@@ -72,8 +71,11 @@ CAUSES = {
     "nxdomain": "NXDOMAIN",
     "refused": "ECONNREFUSED",
     "connect-timeout": "ETIMEDOUT",
-    "refusal": "IPV6_LITERAL",
+    "policy": "DENIED",
+    "ipv6-literal": "IPV6_LITERAL",
 }
+# The matrix proxies refuse this name by policy (--policy-deny-domains).
+DENIED_NAME = "denied.test"
 
 
 def _row(ok: str, failed: str) -> dict[str, str]:
@@ -195,7 +197,11 @@ def _targets(wa_port: int, refused: int, blackhole: int) -> dict[str, str]:
         "nxdomain": "missing.test:443",
         "refused": f"v4.test:{refused}",
         "connect-timeout": f"v4.test:{blackhole}",
-        "refusal": "[::1]:443",
+        "policy": f"{DENIED_NAME}:{wa_port}",
+        # Port 443, never a random one: global-agent writes ``CONNECT ::1:443`` without
+        # brackets, which is still an IPv6 address (refused as one); ``::1:38123`` is not
+        # and would be refused as malformed, with a 400 in every mode.
+        "ipv6-literal": "[::1]:443",
     }
 
 
@@ -299,7 +305,14 @@ def matrix(
     try:
         proxies = {
             mode: proxy_factory(
-                ["--dialer-connect-timeout", CONNECT_TIMEOUT_S, "--http-connect-failure", mode]
+                [
+                    "--dialer-connect-timeout",
+                    CONNECT_TIMEOUT_S,
+                    "--policy-deny-domains",
+                    DENIED_NAME,
+                    "--http-connect-failure",
+                    mode,
+                ]
             )
             for mode in MODES
         }
@@ -372,7 +385,7 @@ def _connects(proxy: ProxyProcess, target: str) -> int:
     return sum(f.get("protocol") == "http-connect" and f.get("target") == target for f in fields)
 
 
-@pytest.mark.parametrize("failure", ["no-a-record", "nxdomain", "refused", "refusal"])
+@pytest.mark.parametrize("failure", ["no-a-record", "nxdomain", "refused", "policy"])
 def test_close_mode_makes_undici_retry_in_a_loop(matrix: Matrix, failure: str) -> None:
     """Evidence for the README: with 'close', undici's ProxyAgent never reports the error
     but opens CONNECT after CONNECT (hundreds in one window here); with 'status' each

@@ -20,6 +20,8 @@ KEEPS_STATUS = {
     Failure.UNSUPPORTED: "the client asked for something this proxy does not do",
     Failure.BAD_ADDRESS_TYPE: "the client sent a bad request",
     Failure.AUTH_REQUIRED: "the client must see the 407 challenge to authenticate",
+    Failure.TOO_MANY_CONNECTIONS: "refused before any request: there is nothing to answer",
+    Failure.IDLE_TIMEOUT: "ends a tunnel, never a request",
 }
 
 
