@@ -202,7 +202,11 @@ async def test_denied_domain_and_own_address(
 
 async def test_default_policy_refuses_loopback_and_odd_ports() -> None:
     """The embedded defaults, in-process (the test proxies open loopback on purpose)."""
-    config = load("listeners: ['127.0.0.1:0']\nresolver: {hosts_file: /dev/null}")
+    # The status answer names the rule; by default a refused CONNECT is reset instead.
+    config = load(
+        "listeners: ['127.0.0.1:0']\nresolver: {hosts_file: /dev/null}\n"
+        "http: {connect_failure: status}"
+    )
     proxy = Proxy(config, Resolver(config.resolver), Policy(config))
     (_, port), *_ = await proxy.start()
     try:
