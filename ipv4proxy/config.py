@@ -405,6 +405,7 @@ def _parents_ok(parents: tuple[ParentConfig, ...]) -> None:
             raise ConfigError(f"parents[{index}].name: {parent.label!r} is used twice")
         seen.add(parent.label)
 
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     # "reset" because it is the one mode every client in the matrix (README, "How a failed
