@@ -146,6 +146,16 @@ class Procs:
             "127.0.0.1:9",
             "--log-level",
             "warning",
+            # The default policy refuses loopback destinations and every port but 80, 443
+            # and 5222; every server here is on 127.0.0.0/8 on a port the kernel picks.
+            "--policy-allow-cidrs",
+            "127.0.0.0/8",
+            "--policy-ports",
+            "1-65535",
+            # No admin listener: proxies started one after another (or another engineer's)
+            # would collide on its default port, and it is not what is measured.
+            "--admin-listen",
+            "",
             *extra,
         ]
         process = self._spawn(argv, stderr=log)
