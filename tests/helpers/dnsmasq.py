@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,6 +30,8 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+
+from helpers.process import stop_process
 
 __all__ = ["HOST_RECORDS", "TRAP_DOMAIN", "DnsQuery", "Dnsmasq", "DnsmasqUnavailable"]
 
@@ -44,12 +45,11 @@ HOST_RECORDS: dict[str, tuple[str, ...]] = {
     "multi.test": ("127.0.0.2", "127.0.0.3", "127.0.0.1"),
 }
 
-# Bounds: starting tries (a free port can be taken between probe and bind), the readiness
-# wait per try, and the stop wait before SIGKILL.
+# Bounds: starting tries (a free port can be taken between probe and bind) and the readiness
+# wait per try.
 _START_TRIES = 5
 _READY_SECONDS = 10.0
 _READY_PROBE_TIMEOUT = 0.2
-_STOP_SECONDS = 5.0
 
 # With --log-queries=extra:
 # "... dnsmasq[12]: 7 127.0.0.1/40134 query[AAAA] dual.test from 127.0.0.1"
@@ -182,14 +182,8 @@ class Dnsmasq:
     def stop(self) -> None:
         """Stop the process this object started, by PID: SIGTERM, then SIGKILL after a bound."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=_STOP_SECONDS)
+        if process is not None:
+            stop_process(process)
 
     def queries(self) -> list[DnsQuery]:
         """Every question received so far, in order, parsed from the query log."""

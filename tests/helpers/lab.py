@@ -50,6 +50,7 @@ from pathlib import Path
 import trustme
 
 from helpers.net import client_env
+from helpers.process import stop_process
 
 __all__ = [
     "BLACKHOLES",
@@ -110,10 +111,9 @@ LAB_NAMES: dict[str, dict[str, list[str]]] = {
 _PREFIX = "ipv4proxy-lab-"
 _STALE = re.compile(rf"^{re.escape(_PREFIX)}(\d+)-[0-9a-f]+-(gw|svc)$")
 _NFT_TABLE = "ipv4proxy_lab"
-# Bounds: a setup command, the service's start, stopping a process, a client program.
+# Bounds: a setup command, the service's start, a client program.
 _COMMAND_SECONDS = 15.0
 _READY_SECONDS = 20.0
-_STOP_SECONDS = 5.0
 PROGRAM_SECONDS = 30.0
 # Set entries that let a retransmitted SYN through live this long: past the 1 s
 # retransmission, short enough that a reused source port meets a fresh drop.
@@ -156,18 +156,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after a bound: only the process we started, by its PID."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=_STOP_SECONDS)
 
 
 def _netns_pids(ip: str, name: str) -> list[int]:
@@ -471,7 +459,7 @@ class Lab:
         """Remove everything this lab made; raise RuntimeError naming anything left over."""
         for process in reversed(self._processes):
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                _stop(process)
+                stop_process(process)
             if process.stdout is not None:
                 process.stdout.close()
         self._processes.clear()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from helpers.net import client_env
+from helpers.process import STOP_SECONDS, stop_process
 
 __all__ = [
     "DEFAULT_PROXY_FLAGS",
@@ -57,10 +58,9 @@ DEFAULT_PROXY_FLAGS: tuple[str, ...] = (
     "status",
 )
 
-# Bounds: waiting for the "listening on" line, for SIGTERM to end the process (before
-# SIGKILL), and for a log line a test expects.
+# Bounds: waiting for the "listening on" line, and for a log line a test expects (stopping
+# is bounded by helpers.process.STOP_SECONDS).
 START_SECONDS = 15.0
-STOP_SECONDS = 5.0
 LOG_WAIT_SECONDS = 5.0
 # A log larger than this many lines means a runaway loop; stop collecting.
 _MAX_LOG_LINES = 200_000
@@ -270,14 +270,8 @@ class ProxyProcess:
         process = self._process
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                process.kill()
-                process.wait(timeout=STOP_SECONDS)
+        if stop_process(process):
+            self.killed = True
         self.returncode = process.returncode
         if self._reader is not None:
             self._reader.join(STOP_SECONDS)

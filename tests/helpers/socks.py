@@ -9,19 +9,18 @@ the destination was an IPv4 literal (ATYP 1) or a name (ATYP 3).
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 
+from helpers.process import stop_process
+
 __all__ = ["Microsocks", "MicrosocksUnavailable", "RecordingRelay", "start_relay"]
 
-# Bounds: waiting for microsocks to listen, to stop, and a relayed connection's reads.
+# Bounds: waiting for microsocks to listen, and a relayed connection's reads.
 _START_SECONDS = 10.0
-_STOP_SECONDS = 5.0
 _PROBE_PAUSE = 0.02
 _RELAY_READ = 64 * 1024
 _RELAY_MAX_BYTES = 16 * 1024 * 1024
@@ -74,14 +73,8 @@ class Microsocks:
     def stop(self) -> None:
         """Stop the process this object started, by PID."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=_STOP_SECONDS)
+        if process is not None:
+            stop_process(process)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from helpers.ci import unavailable
 from helpers.net import Blackhole, client_env, refused_port
+from helpers.process import stop_process
 from helpers.programs import NODE_DIR
 from helpers.proxy import ProxyFactory, ProxyProcess, parse_access_line
 from helpers.servers import LoopThread
@@ -347,9 +348,7 @@ def matrix(
         yield Matrix(outcomes, details, proxies, targets, wa)
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process)
         hole.close()
         refused.close()
         server_loop.call(runner.cleanup)

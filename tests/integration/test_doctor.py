@@ -22,6 +22,7 @@ import pytest
 from helpers.ci import unavailable
 from helpers.dnsmasq import Dnsmasq, DnsmasqUnavailable
 from helpers.net import client_env, ipv6_loopback_available
+from helpers.process import stop_process
 from helpers.proxy import REPO_ROOT
 from helpers.servers import TestServers
 
@@ -186,8 +187,7 @@ def test_no_ipv6_route_verdict(netns: str) -> None:
             prefix=["ip", "netns", "exec", netns],
         )
     finally:
-        server.kill()
-        server.wait(timeout=DOCTOR_SECONDS)
+        stop_process(server)
         if server.stdout is not None:
             server.stdout.close()
     assert done.returncode == 0, done.stderr

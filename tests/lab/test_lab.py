@@ -38,6 +38,7 @@ from helpers.lab import (
     blackhole_counter,
     sweep_stale,
 )
+from helpers.process import stop_process
 from helpers.programs import NODE_DIR
 from helpers.proxy import ProxyProcess
 from helpers.servers import Payload, binary_ws_message
@@ -414,9 +415,8 @@ def test_stale_lab_of_a_killed_run_is_swept(tmp_path: Path) -> None:
         assert name not in _namespaces()
         assert not etc.exists()
     finally:
-        if leftover is not None and leftover.poll() is None:
-            leftover.kill()
-            leftover.wait(timeout=10)
+        if leftover is not None:
+            stop_process(leftover)
         if name in _namespaces():
             subprocess.run([IP, "netns", "delete", name], check=False, timeout=10)
         shutil.rmtree(etc, ignore_errors=True)
