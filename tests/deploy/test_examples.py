@@ -10,10 +10,9 @@ there), so the Baileys recipe runs with the real ``baileys`` package from npm.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
-from helpers.ci import unavailable
 from helpers.deploy import DEPLOY, REPO_ROOT
-from helpers.net import client_env
-from helpers.programs import PROGRAM_SECONDS, run_curl
+from helpers.programs import curl_binary, node_binary, run_program
 from helpers.proxy import ProxyProcess, parse_access_line
 from helpers.servers import LoopThread, TestServers
 
@@ -35,20 +32,6 @@ HARNESS = Path(__file__).parent / "node" / "baileys-recipe.mjs"
 MEDIA_SIZE = 100_000
 # Bound on the fake WhatsApp server's wait for Baileys' first frame.
 _FIRST_FRAME_SECONDS = 15.0
-
-
-def _run(
-    argv: Sequence[str], env: dict[str, str], cwd: Path = REPO_ROOT
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        list(argv),
-        env=client_env(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=PROGRAM_SECONDS,
-        check=False,
-    )
 
 
 def _json_lines(result: subprocess.CompletedProcess[bytes]) -> list[Any]:
@@ -72,26 +55,17 @@ def _tunnels(proxy: ProxyProcess, since: int, target: str, protocol: str, count:
         assert fields.get("outcome") == "ok", fields
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        unavailable("node is not installed (Debian packages nodejs npm)")
-    if not (NODE_RECIPES / "node_modules" / "baileys").is_dir():
-        unavailable(f"run: npm ci --prefix {NODE_RECIPES} (or scripts/test, which does)")
-    return node
-
-
 # --- curl and Python -------------------------------------------------------------------------
 
 
 def test_curl_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
-    if shutil.which("curl") is None:
-        run_curl([])  # skips (fails in CI) with the install hint
+    curl_binary()  # skips (fails in CI) with the install hint
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
-    result = _run(
+    result = run_program(
         ["sh", str(EXAMPLES / "curl.sh"), f"https://{target}/hello"],
         {"PROXY": f"127.0.0.1:{proxy.port}", "CURL_CA_BUNDLE": str(ca_file)},
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().splitlines() == ["http-connect 200", "socks5h 200"]
@@ -102,7 +76,7 @@ def test_curl_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -
 def test_aiohttp_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
-    result = _run(
+    result = run_program(
         [
             sys.executable,
             str(EXAMPLES / "python" / "aiohttp_client.py"),
@@ -110,6 +84,7 @@ def test_aiohttp_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path
             f"wss://{target}/ws",
         ],
         {"HTTPS_PROXY": proxy.url, "WSS_PROXY": proxy.url, "SSL_CERT_FILE": str(ca_file)},
+        cwd=REPO_ROOT,
     )
     assert _json_lines(result) == [{"status": 200, "echo": "hello through aiohttp"}]
     # aiohttp may carry the WebSocket on the pooled tunnel of the GET: at least one.
@@ -119,7 +94,7 @@ def test_aiohttp_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path
 def test_requests_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
-    result = _run(
+    result = run_program(
         [
             sys.executable,
             str(EXAMPLES / "python" / "requests_client.py"),
@@ -127,6 +102,7 @@ def test_requests_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Pat
             f"https://{target}/hello",
         ],
         {"REQUESTS_CA_BUNDLE": str(ca_file)},
+        cwd=REPO_ROOT,
     )
     assert _json_lines(result) == [{"status": 200}]
     _tunnels(proxy, mark, target, "http-connect", 1)
@@ -136,10 +112,10 @@ def test_requests_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Pat
 
 
 def test_global_agent_recipe(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
-    node = _node()
+    node = node_binary(NODE_RECIPES, "baileys")
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
-    result = _run(
+    result = run_program(
         [
             node,
             "-r",
@@ -215,10 +191,10 @@ def fake_whatsapp(server_loop: LoopThread, server_ssl: Any) -> Iterator[FakeWhat
 def test_baileys_recipe(
     proxy: ProxyProcess, fake_whatsapp: FakeWhatsApp, ca_file: Path, tmp_path: Path
 ) -> None:
-    node = _node()
+    node = node_binary(NODE_RECIPES, "baileys")
     target = f"dual.test:{fake_whatsapp.port}"
     mark = proxy.mark()
-    result = _run(
+    result = run_program(
         [node, str(HARNESS), proxy.url, f"https://{target}", str(tmp_path / "auth")],
         {"NODE_EXTRA_CA_CERTS": str(ca_file)},
         cwd=NODE_RECIPES,

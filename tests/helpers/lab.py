@@ -51,6 +51,7 @@ import trustme
 
 from helpers.net import client_env
 from helpers.process import stop_process
+from helpers.programs import run_program
 
 __all__ = [
     "BLACKHOLES",
@@ -111,10 +112,9 @@ LAB_NAMES: dict[str, dict[str, list[str]]] = {
 _PREFIX = "ipv4proxy-lab-"
 _STALE = re.compile(rf"^{re.escape(_PREFIX)}(\d+)-[0-9a-f]+-(gw|svc)$")
 _NFT_TABLE = "ipv4proxy_lab"
-# Bounds: a setup command, the service's start, a client program.
+# Bounds: a setup command, the service's start (a client program: programs.PROGRAM_SECONDS).
 _COMMAND_SECONDS = 15.0
 _READY_SECONDS = 20.0
-PROGRAM_SECONDS = 30.0
 # Set entries that let a retransmitted SYN through live this long: past the 1 s
 # retransmission, short enough that a reused source port meets a fresh drop.
 _SEEN_TIMEOUT = "5s"
@@ -506,15 +506,7 @@ class Lab:
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a client program on the gateway (as the client group), bounded in time."""
-        return subprocess.run(
-            [*self.on_gateway(gid), *argv],
-            env=client_env(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROGRAM_SECONDS,
-            check=False,
-        )
+        return run_program([*self.on_gateway(gid), *argv], env, cwd)
 
     def python_client(
         self, args: Sequence[str], env: Mapping[str, str] | None = None, *, gid: int | None = None

@@ -2,6 +2,9 @@
 
 Each run is bounded (`PROGRAM_SECONDS`), gets a clean environment (no inherited proxy or CA
 variable) plus what the test gives, and returns the completed process for assertions.
+`run_program` runs any command that way (the lab prefixes it to run on its gateway); the
+``*_command`` functions build the curl and node command lines, and skip the test (fail it in
+CI) with an install hint when the program or its packages are missing.
 """
 
 from __future__ import annotations
@@ -14,15 +17,28 @@ from pathlib import Path
 from helpers.ci import unavailable
 from helpers.net import client_env
 
-__all__ = ["NODE_DIR", "PROGRAM_SECONDS", "run_curl", "run_node"]
+__all__ = [
+    "NODE_DIR",
+    "PROGRAM_SECONDS",
+    "curl_binary",
+    "curl_command",
+    "node_binary",
+    "node_command",
+    "run_curl",
+    "run_node",
+    "run_program",
+]
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 PROGRAM_SECONDS = 30.0
+# curl's own --max-time, a little under PROGRAM_SECONDS: curl says why it gave up.
+_CURL_SECONDS = PROGRAM_SECONDS - 5
 
 
-def _run(
-    argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None
+def run_program(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv` (stdin closed, output captured) in a clean environment plus `env`."""
     return subprocess.run(
         list(argv),
         env=client_env(env),
@@ -34,14 +50,45 @@ def _run(
     )
 
 
-def run_curl(
-    args: Sequence[str], env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``curl -q -sS --max-time N <args>`` (-q: ignore any ~/.curlrc)."""
+def curl_binary() -> str:
+    """The curl executable; skips (fails in CI) if curl is not installed."""
     curl = shutil.which("curl")
     if curl is None:
         unavailable("curl is not installed (Debian package curl)")
-    return _run([curl, "-q", "-sS", "--max-time", str(int(PROGRAM_SECONDS - 5)), *args], env, None)
+    return curl
+
+
+def curl_command(args: Sequence[str], max_seconds: float = _CURL_SECONDS) -> list[str]:
+    """``curl -q -sS --max-time N <args>`` (-q: ignore any ~/.curlrc)."""
+    return [curl_binary(), "-q", "-sS", "--max-time", f"{max_seconds:g}", *args]
+
+
+def node_binary(package_dir: Path = NODE_DIR, package: str = "") -> str:
+    """The node executable, once `package_dir`'s packages (`package` among them) are installed.
+
+    Skips (fails in CI) with the command that installs what is missing.
+    """
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is not installed (Debian packages nodejs npm)")
+    if not (package_dir / "node_modules" / package).is_dir():
+        unavailable(
+            f"run: npm ci --ignore-scripts --prefix {package_dir} (or scripts/test, which does)"
+        )
+    return node
+
+
+def node_command(script: str, args: Sequence[str], preload: Sequence[str] = ()) -> list[str]:
+    """``node [-r module]... tests/node/<script> <args>``, to run in NODE_DIR."""
+    requires = [part for module in preload for part in ("-r", module)]
+    return [node_binary(), *requires, str(NODE_DIR / script), *args]
+
+
+def run_curl(
+    args: Sequence[str], env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``curl -q -sS --max-time N <args>``."""
+    return run_program(curl_command(args), env)
 
 
 def run_node(
@@ -51,10 +98,4 @@ def run_node(
     preload: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``node [-r module]... tests/node/<script> <args>`` in tests/node."""
-    node = shutil.which("node")
-    if node is None:
-        unavailable("node is not installed (Debian packages nodejs npm)")
-    if not (NODE_DIR / "node_modules").is_dir():
-        unavailable(f"run: npm ci --prefix {NODE_DIR} (or scripts/test, which does)")
-    requires = [part for module in preload for part in ("-r", module)]
-    return _run([node, *requires, str(NODE_DIR / script), *args], env, NODE_DIR)
+    return run_program(node_command(script, args, preload), env, NODE_DIR)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -34,10 +33,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from helpers.ci import unavailable
 from helpers.net import Blackhole, client_env, refused_port
 from helpers.process import stop_process
-from helpers.programs import NODE_DIR
+from helpers.programs import NODE_DIR, curl_command, node_binary
 from helpers.proxy import ProxyFactory, ProxyProcess, parse_access_line
 from helpers.servers import LoopThread
 
@@ -221,11 +219,7 @@ def _node_cases(client: str, mode: str, proxy: ProxyProcess, targets: dict[str, 
 def _start_node(
     client: str, mode: str, proxy: ProxyProcess, targets: dict[str, str], ca_file: Path
 ) -> subprocess.Popen[bytes]:
-    node = shutil.which("node")
-    if node is None:
-        unavailable("node is not installed (Debian packages nodejs npm)")
-    if not (NODE_DIR / "node_modules" / "baileys").is_dir():
-        unavailable(f"run: npm ci --ignore-scripts --prefix {NODE_DIR} (scripts/test does)")
+    node = node_binary(NODE_DIR, "baileys")
     env = {"NODE_EXTRA_CA_CERTS": str(ca_file)}
     preload: list[str] = []
     if client == "ws-global-agent":
@@ -243,13 +237,9 @@ def _start_node(
 
 
 def _start_curl(proxy: ProxyProcess, target: str, ca_file: Path) -> subprocess.Popen[bytes]:
-    curl = shutil.which("curl")
-    if curl is None:
-        unavailable("curl is not installed (Debian package curl)")
-    argv = [curl, "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}"]
-    argv += ["--max-time", str(WINDOW_S), "--cacert", str(ca_file), "-x", proxy.url]
+    argv = ["-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca_file), "-x", proxy.url]
     return subprocess.Popen(
-        [*argv, f"https://{target}/hello"],
+        curl_command([*argv, f"https://{target}/hello"], max_seconds=WINDOW_S),
         env=client_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

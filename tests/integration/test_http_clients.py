@@ -7,16 +7,14 @@ leaves resolving to the proxy; the servers listen on 127.0.0.1 only.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import ssl
 import subprocess
 from pathlib import Path
 
 import aiohttp
 
-from helpers.ci import unavailable
 from helpers.net import client_env
-from helpers.programs import PROGRAM_SECONDS, run_curl
+from helpers.programs import PROGRAM_SECONDS, curl_command, run_curl
 from helpers.proxy import ProxyProcess
 from helpers.servers import Payload, TestServers, binary_ws_message, payload_json
 
@@ -57,24 +55,12 @@ def test_curl_plain_http_forwarding(proxy: ProxyProcess, servers: TestServers) -
 def test_curl_50_mib_download_through_connect(
     proxy: ProxyProcess, servers: TestServers, ca_file: Path, payload: Payload
 ) -> None:
-    curl = shutil.which("curl")
-    if curl is None:
-        unavailable("curl is not installed (Debian package curl)")
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
     digest = hashlib.sha256()
     size = 0
     with subprocess.Popen(
-        [
-            curl,
-            "-q",
-            "-sS",
-            "--max-time",
-            "60",
-            "--cacert",
-            str(ca_file),
-            f"https://{target}/payload",
-        ],
+        curl_command(["--cacert", str(ca_file), f"https://{target}/payload"], max_seconds=60),
         env=client_env({"HTTPS_PROXY": proxy.url}),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

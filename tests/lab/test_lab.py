@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from helpers.ci import unavailable
 from helpers.lab import (
     BLACKHOLES,
     CLIENT_DNS,
@@ -39,7 +38,7 @@ from helpers.lab import (
     sweep_stale,
 )
 from helpers.process import stop_process
-from helpers.programs import NODE_DIR
+from helpers.programs import NODE_DIR, curl_command, node_command
 from helpers.proxy import ProxyProcess
 from helpers.servers import Payload, binary_ws_message
 
@@ -71,24 +70,15 @@ def _node(
     env: Mapping[str, str],
     preload: Sequence[str] = (),
 ) -> CompletedProcess[bytes]:
-    node = shutil.which("node")
-    if node is None:
-        unavailable("node is not installed (Debian packages nodejs npm)")
-    if not (NODE_DIR / "node_modules").is_dir():
-        unavailable(f"run: npm ci --prefix {NODE_DIR} (or scripts/test, which does)")
-    requires = [part for module in preload for part in ("-r", module)]
     return lab.run_gateway(
-        [node, *requires, str(NODE_DIR / script), *args],
+        node_command(script, args, preload),
         {"NODE_EXTRA_CA_CERTS": str(lab.ca_file), **env},
         cwd=NODE_DIR,
     )
 
 
 def _curl(lab: Lab, args: Sequence[str], env: Mapping[str, str]) -> CompletedProcess[bytes]:
-    curl = shutil.which("curl")
-    if curl is None:
-        unavailable("curl is not installed (Debian package curl)")
-    return lab.run_gateway([curl, "-q", "-sS", "--max-time", "25", *args], env)
+    return lab.run_gateway(curl_command(args), env)
 
 
 def _json(result: CompletedProcess[bytes]) -> dict[str, Any]:
