@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from helpers.ci import in_ci, unavailable
-from helpers.dnsmasq import Dnsmasq, DnsmasqUnavailable
+from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.net import Blackhole, bind_dual_port, ipv6_loopback_available, refused_port
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import LoopThread, Payload, TestServers, Trap, start_servers, start_trap
@@ -62,15 +62,7 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
-    server = Dnsmasq(tmp_path_factory.mktemp("dnsmasq"))
-    try:
-        server.start()
-    except DnsmasqUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_dnsmasq(tmp_path_factory.mktemp("dnsmasq"))
 
 
 # --- TLS ----------------------------------------------------------------------------------

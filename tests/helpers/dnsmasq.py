@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,17 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from helpers.ci import unavailable
 from helpers.process import stop_process
 
-__all__ = ["HOST_RECORDS", "TRAP_DOMAIN", "DnsQuery", "Dnsmasq", "DnsmasqUnavailable"]
+__all__ = [
+    "HOST_RECORDS",
+    "TRAP_DOMAIN",
+    "DnsQuery",
+    "Dnsmasq",
+    "DnsmasqUnavailable",
+    "running_dnsmasq",
+]
 
 TRAP_DOMAIN = "trap.test"
 
@@ -209,3 +218,19 @@ class Dnsmasq:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def running_dnsmasq(directory: Path) -> Iterator[Dnsmasq]:
+    """A started dnsmasq working in `directory`, for a fixture to ``yield from``.
+
+    Skips (fails in CI) if dnsmasq cannot start; stops it when the fixture ends.
+    """
+    server = Dnsmasq(directory)
+    try:
+        server.start()
+    except DnsmasqUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from helpers.ci import unavailable
-from helpers.dnsmasq import Dnsmasq, DnsmasqUnavailable
+from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.net import client_env, ipv6_loopback_available
 from helpers.process import stop_process
 from helpers.proxy import REPO_ROOT
@@ -33,15 +33,7 @@ TINYDNS = REPO_ROOT / "tests" / "helpers" / "tinydns.py"
 
 @pytest.fixture(scope="module")
 def doctor_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
-    server = Dnsmasq(tmp_path_factory.mktemp("doctor-dnsmasq"))
-    try:
-        server.start()
-    except DnsmasqUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_dnsmasq(tmp_path_factory.mktemp("doctor-dnsmasq"))
 
 
 def run_doctor(
