@@ -27,7 +27,6 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -39,9 +38,9 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from helpers.servers import Payload
+from helpers.servers import Payload, payload_handler, ws_echo
 
 __all__ = ["main"]
 
@@ -111,30 +110,6 @@ class _Dns(asyncio.DatagramProtocol):
         return response
 
 
-async def _ws_echo(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for message in ws:
-        if message.type == WSMsgType.TEXT:
-            await ws.send_str(message.data)
-        elif message.type == WSMsgType.BINARY:
-            await ws.send_bytes(message.data)
-    return ws
-
-
-def _media(payload: Payload) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = payload.size
-        await response.prepare(request)
-        for chunk in payload.chunks():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    return handler
-
-
 async def _hello(request: web.Request) -> web.Response:
     transport = request.transport
     local = transport.get_extra_info("sockname")[0] if transport else "-"
@@ -159,8 +134,8 @@ async def _serve(config: dict[str, Any], log: TextIO) -> None:
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(config["cert_file"], config["key_file"])
     app = web.Application()
-    app.router.add_get("/ws", _ws_echo)
-    app.router.add_get("/media", _media(Payload(blocks=int(config["media_blocks"]))))
+    app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/media", payload_handler(Payload(blocks=int(config["media_blocks"]))))
     app.router.add_get("/hello", _hello)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

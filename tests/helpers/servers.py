@@ -37,8 +37,10 @@ __all__ = [
     "TestServers",
     "Trap",
     "binary_ws_message",
+    "payload_handler",
     "start_servers",
     "start_trap",
+    "ws_echo",
 ]
 
 T = TypeVar("T")
@@ -162,7 +164,9 @@ async def _hello(request: web.Request) -> web.Response:
     )
 
 
-def _payload_handler(payload: Payload) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def payload_handler(payload: Payload) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler that streams `payload` (also the lab service's /media)."""
+
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = payload.size
@@ -175,7 +179,9 @@ def _payload_handler(payload: Payload) -> Callable[[web.Request], Awaitable[web.
     return handler
 
 
-async def _ws_echo(request: web.Request) -> web.WebSocketResponse:
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    """An aiohttp WebSocket handler that echoes every text and binary message (here and in
+    the lab service)."""
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     async for message in ws:
@@ -267,8 +273,8 @@ async def start_servers(server_ssl: ssl.SSLContext, payload: Payload) -> TestSer
     """Start every server on the running loop (the trap aside: see `start_trap`)."""
     https = web.Application()
     https.router.add_get("/hello", _hello)
-    https.router.add_get("/payload", _payload_handler(payload))
-    https.router.add_get("/ws", _ws_echo)
+    https.router.add_get("/payload", payload_handler(payload))
+    https.router.add_get("/ws", ws_echo)
     https_runner, https_port = await _app_site(https, server_ssl)
 
     http = web.Application()
