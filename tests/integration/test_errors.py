@@ -10,7 +10,7 @@ drops SYNs (ETIMEDOUT).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 
@@ -19,6 +19,8 @@ from helpers.wire import (
     SOCKS5_BIND,
     SOCKS5_UDP_ASSOCIATE,
     HttpReply,
+    Socks4Reply,
+    Socks5Reply,
     Tunnel,
     http_connect,
     http_raw,
@@ -57,100 +59,116 @@ async def _logged(proxy: ProxyProcess, tunnel: Tunnel, **expected: str) -> dict[
     return fields
 
 
+async def _http_failure(
+    proxy: ProxyProcess,
+    exchange: Awaitable[tuple[Tunnel, HttpReply]],
+    status: int,
+    body: str | re.Pattern[str] | None,
+    **logged: str,
+) -> None:
+    """Close the tunnel; assert `status`, a one-line body (equal to `body`, or matching it),
+    and an access line with the `logged` fields and that body as its ``reason``."""
+    tunnel, reply = await exchange
+    await tunnel.close()
+    assert reply.status == status, reply
+    line = _one_line(reply)
+    if isinstance(body, re.Pattern):
+        assert body.search(line), line
+    elif body is not None:
+        assert line == body
+    await _logged(proxy, tunnel, reason=line, **logged)
+
+
+async def _socks_failure(
+    proxy: ProxyProcess,
+    exchange: Awaitable[tuple[Tunnel, Socks5Reply | Socks4Reply]],
+    code: int,
+    **logged: str,
+) -> None:
+    """Close the tunnel; assert the reply `code` and an access line with the `logged` fields."""
+    tunnel, reply = await exchange
+    await tunnel.close()
+    assert reply.code == code, reply
+    await _logged(proxy, tunnel, **logged)
+
+
 # --- HTTP CONNECT -------------------------------------------------------------------------
 
 
 async def test_connect_malformed_request_is_400(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_raw(
-        strict_proxy.port,
-        b"CONNECT dual.test:443 HTTP/1.1\r\nthis header line has no colon\r\n\r\n",
+    await _http_failure(
+        strict_proxy,
+        http_raw(
+            strict_proxy.port,
+            b"CONNECT dual.test:443 HTTP/1.1\r\nthis header line has no colon\r\n\r\n",
+        ),
+        400,
+        None,
+        address="-",
+        outcome="MALFORMED",
     )
-    await tunnel.close()
-    assert reply.status == 400, reply
-    line = _one_line(reply)
-    fields = await _logged(strict_proxy, tunnel, address="-", outcome="MALFORMED")
-    assert fields.get("reason") == line, fields
 
 
 async def test_connect_ipv6_literal_is_502_ipv4_only(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_connect(strict_proxy.port, "[::1]:443")
-    await tunnel.close()
-    assert reply.status == 502, reply
-    line = _one_line(reply)
-    assert IPV4_ONLY.search(line), line
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_connect(strict_proxy.port, "[::1]:443"),
+        502,
+        IPV4_ONLY,
         protocol="http-connect",
         target="[::1]:443",
         address="-",
         outcome="IPV6_LITERAL",
-        reason=line,
     )
 
 
 async def test_connect_no_a_record_is_502_nodata(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_connect(strict_proxy.port, "v6only.test:443")
-    await tunnel.close()
-    assert reply.status == 502, reply
-    assert _one_line(reply) == NODATA_REASON
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_connect(strict_proxy.port, "v6only.test:443"),
+        502,
+        NODATA_REASON,
         protocol="http-connect",
         target="v6only.test:443",
         address="-",
         outcome="NODATA",
-        reason=NODATA_REASON,
     )
 
 
 async def test_connect_nxdomain_is_502(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_connect(strict_proxy.port, "missing.test:443")
-    await tunnel.close()
-    assert reply.status == 502, reply
-    line = _one_line(reply)
-    assert "missing.test" in line
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_connect(strict_proxy.port, "missing.test:443"),
+        502,
+        re.compile(re.escape("missing.test")),
         protocol="http-connect",
         target="missing.test:443",
         address="-",
         outcome="NXDOMAIN",
-        reason=line,
     )
 
 
 async def test_connect_refused_is_502(strict_proxy: ProxyProcess, closed_port: int) -> None:
-    tunnel, reply = await http_connect(strict_proxy.port, f"v4.test:{closed_port}")
-    await tunnel.close()
-    assert reply.status == 502, reply
-    line = _one_line(reply)
-    assert re.search(r"refused|ECONNREFUSED", line, re.IGNORECASE), line
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_connect(strict_proxy.port, f"v4.test:{closed_port}"),
+        502,
+        re.compile(r"refused|ECONNREFUSED", re.IGNORECASE),
         protocol="http-connect",
         target=f"v4.test:{closed_port}",
         outcome="ECONNREFUSED",
-        reason=line,
     )
 
 
 async def test_connect_timeout_is_504(strict_proxy: ProxyProcess, blackhole_port: int) -> None:
-    tunnel, reply = await http_connect(strict_proxy.port, f"v4.test:{blackhole_port}")
-    await tunnel.close()
-    assert reply.status == 504, reply
-    line = _one_line(reply)
-    assert re.search(r"timed out|timeout|ETIMEDOUT", line, re.IGNORECASE), line
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_connect(strict_proxy.port, f"v4.test:{blackhole_port}"),
+        504,
+        re.compile(r"timed out|timeout|ETIMEDOUT", re.IGNORECASE),
         protocol="http-connect",
         target=f"v4.test:{blackhole_port}",
         outcome="ETIMEDOUT",
-        reason=line,
     )
 
 
@@ -162,52 +180,41 @@ def _get(url: str, host: str) -> bytes:
 
 
 async def test_forward_ipv6_literal_is_502_ipv4_only(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_raw(strict_proxy.port, _get("http://[::1]:80/", "[::1]:80"))
-    await tunnel.close()
-    assert reply.status == 502, reply
-    line = _one_line(reply)
-    assert IPV4_ONLY.search(line), line
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_raw(strict_proxy.port, _get("http://[::1]:80/", "[::1]:80")),
+        502,
+        IPV4_ONLY,
         protocol="http-forward",
         target="[::1]:80",
         address="-",
         outcome="IPV6_LITERAL",
-        reason=line,
     )
 
 
 async def test_forward_no_a_record_is_502_nodata(strict_proxy: ProxyProcess) -> None:
-    tunnel, reply = await http_raw(strict_proxy.port, _get("http://v6only.test/", "v6only.test"))
-    await tunnel.close()
-    assert reply.status == 502, reply
-    assert _one_line(reply) == NODATA_REASON
-    await _logged(
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_raw(strict_proxy.port, _get("http://v6only.test/", "v6only.test")),
+        502,
+        NODATA_REASON,
         protocol="http-forward",
         target="v6only.test:80",
         address="-",
         outcome="NODATA",
-        reason=NODATA_REASON,
     )
 
 
 async def test_forward_refused_is_502(strict_proxy: ProxyProcess, closed_port: int) -> None:
-    tunnel, reply = await http_raw(
-        strict_proxy.port, _get(f"http://v4.test:{closed_port}/", f"v4.test:{closed_port}")
-    )
-    await tunnel.close()
-    assert reply.status == 502, reply
-    line = _one_line(reply)
-    await _logged(
+    target = f"v4.test:{closed_port}"
+    await _http_failure(
         strict_proxy,
-        tunnel,
+        http_raw(strict_proxy.port, _get(f"http://{target}/", target)),
+        502,
+        None,
         protocol="http-forward",
-        target=f"v4.test:{closed_port}",
+        target=target,
         outcome="ECONNREFUSED",
-        reason=line,
     )
 
 
@@ -225,21 +232,22 @@ async def test_forward_refused_is_502(strict_proxy: ProxyProcess, closed_port: i
 async def test_socks5_unresolvable(
     strict_proxy: ProxyProcess, host: str, target: str, code: int, outcome: str
 ) -> None:
-    tunnel, reply = await socks5_request(strict_proxy.port, host, 443)
-    await tunnel.close()
-    assert reply.code == code, reply
-    await _logged(
-        strict_proxy, tunnel, protocol="socks5", target=target, address="-", outcome=outcome
+    await _socks_failure(
+        strict_proxy,
+        socks5_request(strict_proxy.port, host, 443),
+        code,
+        protocol="socks5",
+        target=target,
+        address="-",
+        outcome=outcome,
     )
 
 
 async def test_socks5_refused_is_0x05(strict_proxy: ProxyProcess, closed_port: int) -> None:
-    tunnel, reply = await socks5_request(strict_proxy.port, "v4.test", closed_port)
-    await tunnel.close()
-    assert reply.code == 0x05, reply
-    await _logged(
+    await _socks_failure(
         strict_proxy,
-        tunnel,
+        socks5_request(strict_proxy.port, "v4.test", closed_port),
+        0x05,
         protocol="socks5",
         target=f"v4.test:{closed_port}",
         outcome="ECONNREFUSED",
@@ -247,12 +255,10 @@ async def test_socks5_refused_is_0x05(strict_proxy: ProxyProcess, closed_port: i
 
 
 async def test_socks5_timeout_is_0x04(strict_proxy: ProxyProcess, blackhole_port: int) -> None:
-    tunnel, reply = await socks5_request(strict_proxy.port, "v4.test", blackhole_port)
-    await tunnel.close()
-    assert reply.code == 0x04, reply
-    await _logged(
+    await _socks_failure(
         strict_proxy,
-        tunnel,
+        socks5_request(strict_proxy.port, "v4.test", blackhole_port),
+        0x04,
         protocol="socks5",
         target=f"v4.test:{blackhole_port}",
         outcome="ETIMEDOUT",
@@ -263,12 +269,10 @@ async def test_socks5_timeout_is_0x04(strict_proxy: ProxyProcess, blackhole_port
     "command", [SOCKS5_BIND, SOCKS5_UDP_ASSOCIATE], ids=["bind", "udp-associate"]
 )
 async def test_socks5_unsupported_command_is_0x07(strict_proxy: ProxyProcess, command: int) -> None:
-    tunnel, reply = await socks5_request(strict_proxy.port, "v4.test", 443, command=command)
-    await tunnel.close()
-    assert reply.code == 0x07, reply
-    await _logged(
+    await _socks_failure(
         strict_proxy,
-        tunnel,
+        socks5_request(strict_proxy.port, "v4.test", 443, command=command),
+        0x07,
         protocol="socks5",
         target="v4.test:443",
         address="-",
@@ -289,21 +293,22 @@ async def test_socks5_unsupported_command_is_0x07(strict_proxy: ProxyProcess, co
 async def test_socks4a_unresolvable_is_0x5b(
     strict_proxy: ProxyProcess, host: str, outcome: str
 ) -> None:
-    tunnel, reply = await socks4_connect(strict_proxy.port, host, 443)
-    await tunnel.close()
-    assert reply.code == 0x5B, reply
-    await _logged(
-        strict_proxy, tunnel, protocol="socks4a", target=f"{host}:443", address="-", outcome=outcome
+    await _socks_failure(
+        strict_proxy,
+        socks4_connect(strict_proxy.port, host, 443),
+        0x5B,
+        protocol="socks4a",
+        target=f"{host}:443",
+        address="-",
+        outcome=outcome,
     )
 
 
 async def test_socks4_refused_is_0x5b(strict_proxy: ProxyProcess, closed_port: int) -> None:
-    tunnel, reply = await socks4_connect(strict_proxy.port, "127.0.0.1", closed_port)
-    await tunnel.close()
-    assert reply.code == 0x5B, reply
-    await _logged(
+    await _socks_failure(
         strict_proxy,
-        tunnel,
+        socks4_connect(strict_proxy.port, "127.0.0.1", closed_port),
+        0x5B,
         protocol="socks4",
         target=f"127.0.0.1:{closed_port}",
         outcome="ECONNREFUSED",
@@ -311,12 +316,10 @@ async def test_socks4_refused_is_0x5b(strict_proxy: ProxyProcess, closed_port: i
 
 
 async def test_socks4a_timeout_is_0x5b(strict_proxy: ProxyProcess, blackhole_port: int) -> None:
-    tunnel, reply = await socks4_connect(strict_proxy.port, "v4.test", blackhole_port)
-    await tunnel.close()
-    assert reply.code == 0x5B, reply
-    await _logged(
+    await _socks_failure(
         strict_proxy,
-        tunnel,
+        socks4_connect(strict_proxy.port, "v4.test", blackhole_port),
+        0x5B,
         protocol="socks4a",
         target=f"v4.test:{blackhole_port}",
         outcome="ETIMEDOUT",
