@@ -24,12 +24,15 @@ def _assert_ok_access(fields: dict[str, str]) -> None:
     assert fields["address"] == "127.0.0.1", fields
 
 
-def test_curl_socks5_hostname(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
+def _curl_hello(
+    proxy: ProxyProcess, servers: TestServers, ca_file: Path, option: str, protocol: str
+) -> None:
+    """curl ``option 127.0.0.1:PORT`` fetches /hello over TLS; one good `protocol` tunnel."""
     target = f"dual.test:{servers.https_port}"
     mark = proxy.mark()
     result = run_curl(
         [
-            "--socks5-hostname",
+            option,
             f"127.0.0.1:{proxy.port}",
             "--cacert",
             str(ca_file),
@@ -38,24 +41,15 @@ def test_curl_socks5_hostname(proxy: ProxyProcess, servers: TestServers, ca_file
     )
     assert result.returncode == 0, result.stderr.decode()
     assert payload_json(result.stdout) == {"path": "/hello", "host": target, "tls": True}
-    _assert_ok_access(proxy.wait_for_access(since=mark, protocol="socks5", target=target))
+    _assert_ok_access(proxy.wait_for_access(since=mark, protocol=protocol, target=target))
+
+
+def test_curl_socks5_hostname(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
+    _curl_hello(proxy, servers, ca_file, "--socks5-hostname", "socks5")
 
 
 def test_curl_socks4a(proxy: ProxyProcess, servers: TestServers, ca_file: Path) -> None:
-    target = f"dual.test:{servers.https_port}"
-    mark = proxy.mark()
-    result = run_curl(
-        [
-            "--socks4a",
-            f"127.0.0.1:{proxy.port}",
-            "--cacert",
-            str(ca_file),
-            f"https://{target}/hello",
-        ]
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    assert payload_json(result.stdout) == {"path": "/hello", "host": target, "tls": True}
-    _assert_ok_access(proxy.wait_for_access(since=mark, protocol="socks4a", target=target))
+    _curl_hello(proxy, servers, ca_file, "--socks4a", "socks4a")
 
 
 def test_curl_socks5_plain_http(proxy: ProxyProcess, servers: TestServers) -> None:
