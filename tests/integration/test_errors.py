@@ -52,9 +52,15 @@ def _one_line(reply: HttpReply) -> str:
     return line
 
 
-async def _logged(proxy: ProxyProcess, tunnel: Tunnel, **expected: str) -> dict[str, str]:
-    """Wait for this connection's access line; assert it has the `expected` fields."""
-    fields = await proxy.access(client=tunnel.client)
+async def _logged(
+    proxy: ProxyProcess, tunnel: Tunnel, since: int, **expected: str
+) -> dict[str, str]:
+    """Wait for this connection's access line; assert it has the `expected` fields.
+
+    Only lines after `since` count: the kernel may give this connection the client port of
+    an earlier one (the proxy closed that one first, so the port was free at once).
+    """
+    fields = await proxy.access(since=since, client=tunnel.client)
     assert {key: fields.get(key) for key in expected} == expected, fields
     return fields
 
@@ -68,6 +74,7 @@ async def _http_failure(
 ) -> None:
     """Close the tunnel; assert `status`, a one-line body (equal to `body`, or matching it),
     and an access line with the `logged` fields and that body as its ``reason``."""
+    mark = proxy.mark()
     tunnel, reply = await exchange
     await tunnel.close()
     assert reply.status == status, reply
@@ -76,7 +83,7 @@ async def _http_failure(
         assert body.search(line), line
     elif body is not None:
         assert line == body
-    await _logged(proxy, tunnel, reason=line, **logged)
+    await _logged(proxy, tunnel, mark, reason=line, **logged)
 
 
 async def _socks_failure(
@@ -86,10 +93,11 @@ async def _socks_failure(
     **logged: str,
 ) -> None:
     """Close the tunnel; assert the reply `code` and an access line with the `logged` fields."""
+    mark = proxy.mark()
     tunnel, reply = await exchange
     await tunnel.close()
     assert reply.code == code, reply
-    await _logged(proxy, tunnel, **logged)
+    await _logged(proxy, tunnel, mark, **logged)
 
 
 # --- HTTP CONNECT -------------------------------------------------------------------------
