@@ -9,7 +9,6 @@ its directory, the ConfigMap behind that volume), so a test checks what would re
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,7 +18,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from helpers.net import client_env
+from helpers.programs import run_ipv4proxy
 
 __all__ = [
     "DEPLOY",
@@ -48,8 +47,6 @@ KUBERNETES = DEPLOY / "kubernetes"
 # against the oldest version the README claims for them.
 K8S_VERSION = "1.31.0"
 K8S_OLDEST = "1.27.0"
-# Bound on one check-config run (a Python start-up, imports and a parse).
-_CHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -156,16 +153,7 @@ def check_config(
     """
     path = directory / "config.yaml"
     path.write_text(text, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, "-m", "ipv4proxy", "check-config", "--config", str(path), *extra_args],
-        cwd=REPO_ROOT,
-        env=client_env({"PYTHONDONTWRITEBYTECODE": "1"}),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_CHECK_SECONDS,
-        check=False,
-    )
+    return run_ipv4proxy(["check-config", "--config", str(path), *extra_args])
 
 
 def validation_problem(doc: dict[str, Any], version: str) -> str | None:

@@ -2,20 +2,23 @@
 
 Each run is bounded (`PROGRAM_SECONDS`), gets a clean environment (no inherited proxy or CA
 variable) plus what the test gives, and returns the completed process for assertions.
-`run_program` runs any command that way (the lab prefixes it to run on its gateway); the
-``*_command`` functions build the curl and node command lines, and skip the test (fail it in
-CI) with an install hint when the program or its packages are missing.
+`run_program` runs any command that way (the lab prefixes it to run on its gateway);
+`run_ipv4proxy` runs the proxy's own command line as an operator would (check-config,
+doctor); the ``*_command`` functions build the curl and node command lines, and skip the
+test (fail it in CI) with an install hint when the program or its packages are missing.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from helpers.ci import unavailable
 from helpers.net import client_env
+from helpers.proxy import REPO_ROOT
 
 __all__ = [
     "NODE_DIR",
@@ -25,6 +28,7 @@ __all__ = [
     "node_binary",
     "node_command",
     "run_curl",
+    "run_ipv4proxy",
     "run_node",
     "run_program",
 ]
@@ -45,6 +49,26 @@ def run_program(
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
+        timeout=PROGRAM_SECONDS,
+        check=False,
+    )
+
+
+def run_ipv4proxy(
+    args: Sequence[str], prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``[prefix...] python3 -m ipv4proxy <args>`` in the repository, output as text.
+
+    The environment is clean (no IPV4PROXY_* variable of the test run), so only the
+    arguments speak; `prefix` runs it elsewhere (``ip netns exec NAME``).
+    """
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "ipv4proxy", *args],
+        cwd=REPO_ROOT,
+        env=client_env({"PYTHONDONTWRITEBYTECODE": "1"}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=PROGRAM_SECONDS,
         check=False,
     )

@@ -21,12 +21,14 @@ import pytest
 
 from helpers.ci import unavailable
 from helpers.dnsmasq import Dnsmasq, running_dnsmasq
-from helpers.net import client_env, ipv6_loopback_available
+from helpers.net import ipv6_loopback_available
 from helpers.process import stop_process
+from helpers.programs import run_ipv4proxy
 from helpers.proxy import REPO_ROOT
 from helpers.servers import TestServers
 
-# Bound for one doctor run (its connect timeout is cut to 5 s below).
+# Bound on each `ip` command here; a doctor run has programs.PROGRAM_SECONDS (its connect
+# timeout is cut to 5 s below).
 DOCTOR_SECONDS = 30.0
 TINYDNS = REPO_ROOT / "tests" / "helpers" / "tinydns.py"
 
@@ -39,11 +41,7 @@ def doctor_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
 def run_doctor(
     target: str, nameserver_port: int, *extra: str, prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    argv = [
-        *prefix,
-        sys.executable,
-        "-m",
-        "ipv4proxy",
+    args = [
         "doctor",
         "--nameserver",
         f"127.0.0.1:{nameserver_port}",
@@ -56,16 +54,7 @@ def run_doctor(
         *extra,
         target,
     ]
-    return subprocess.run(
-        argv,
-        cwd=REPO_ROOT,
-        env=client_env({"PYTHONDONTWRITEBYTECODE": "1"}),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=DOCTOR_SECONDS,
-        check=False,
-    )
+    return run_ipv4proxy(args, prefix)
 
 
 def report(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
