@@ -22,7 +22,7 @@ from helpers.net import refused_port
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import LoopThread, TestServers
 from helpers.socks import Microsocks, MicrosocksUnavailable, RecordingRelay, start_relay
-from helpers.wire import Tunnel, http_connect, socks4_connect, socks5_request
+from helpers.wire import http_connect, socks4_connect, socks5_request
 
 USER, PASSWORD = "tester", "s3cret"
 
@@ -98,10 +98,14 @@ def world(
     server_loop.call(auth_relay.close)
 
 
-async def _echo(tunnel: Tunnel) -> None:
+async def _echo_through_child(world: World, authority: str) -> dict[str, str]:
+    """CONNECT to `authority` through the child, echo once, close; the child's access line."""
+    tunnel, reply = await http_connect(world.child.port, authority)
+    assert reply.status == 200, reply
     tunnel.writer.write(b"ping through the parent")
     assert await tunnel.read_exactly(23) == b"ping through the parent"
     await tunnel.close()
+    return await world.child.access(client=tunnel.client)
 
 
 @pytest.mark.parametrize(("host", "via"), [("s5", "s5"), ("http", "web"), ("s4", "s4")])
@@ -109,10 +113,7 @@ async def test_chain_through_a_second_ipv4proxy_hands_it_an_ipv4_literal(
     world: World, host: str, via: str
 ) -> None:
     mark = world.parent.mark()
-    tunnel, reply = await http_connect(world.child.port, f"{host}.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    child_line = await world.child.access(client=tunnel.client)
+    child_line = await _echo_through_child(world, f"{host}.trap.test:{world.echo}")
     assert (child_line["via"], child_line["address"]) == (via, "127.0.0.1")
     parent_line = await world.parent.access(since=mark, target=f"127.0.0.1:{world.echo}")
     assert parent_line["outcome"] == "ok"
@@ -123,36 +124,24 @@ async def test_chain_through_a_second_ipv4proxy_with_credentials(
     world: World, host: str, via: str
 ) -> None:
     mark = world.auth_parent.mark()
-    tunnel, reply = await http_connect(world.child.port, f"{host}.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == via
+    assert (await _echo_through_child(world, f"{host}.trap.test:{world.echo}"))["via"] == via
     line = await world.auth_parent.access(since=mark, target=f"127.0.0.1:{world.echo}")
     assert line["outcome"] == "ok"
     assert PASSWORD not in "\n".join(world.child.logs() + world.auth_parent.logs())
 
 
 async def test_parent_given_by_name_is_resolved_a_only(world: World) -> None:
-    tunnel, reply = await http_connect(world.child.port, f"named.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == "named"
+    assert (await _echo_through_child(world, f"named.trap.test:{world.echo}"))["via"] == "named"
 
 
 async def test_unmatched_destination_goes_direct(world: World) -> None:
     mark = world.parent.mark()
-    tunnel, reply = await http_connect(world.child.port, f"v4.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == "direct"
+    assert (await _echo_through_child(world, f"v4.test:{world.echo}"))["via"] == "direct"
     assert world.parent.wait_for_line(lambda line: "tunnel client=" in line, 0.2, mark) is None
 
 
 async def test_port_rule_limits_a_domain_rule(world: World) -> None:
-    tunnel, reply = await http_connect(world.child.port, f"g.wa.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == "wa"
+    assert (await _echo_through_child(world, f"g.wa.trap.test:{world.echo}"))["via"] == "wa"
     # Another port of the same name is not in the rule: direct, and refused by the port.
     tunnel, reply = await http_connect(world.child.port, f"g.wa.trap.test:{world.refused}")
     assert reply.status == 502
@@ -171,10 +160,7 @@ async def test_chain_through_microsocks_with_and_without_credentials(
 ) -> None:
     relay = world.auth_relay if authenticated else world.relay
     before = len(relay.received)
-    tunnel, reply = await http_connect(world.child.port, f"{host}.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == host
+    assert (await _echo_through_child(world, f"{host}.trap.test:{world.echo}"))["via"] == host
     records = [bytes(r) for r in relay.received[before:]]
     assert len(records) == 1
     assert _socks5_request_in(records[0], world.echo), records[0]
@@ -208,10 +194,7 @@ async def test_parent_refusal_is_answered_like_a_direct_refusal(world: World) ->
 
 
 async def test_a_down_parent_is_skipped_for_the_next(world: World) -> None:
-    tunnel, reply = await http_connect(world.child.port, f"failover.trap.test:{world.echo}")
-    assert reply.status == 200, reply
-    await _echo(tunnel)
-    assert (await world.child.access(client=tunnel.client))["via"] == "s5b"
+    assert (await _echo_through_child(world, f"failover.trap.test:{world.echo}"))["via"] == "s5b"
 
 
 async def test_every_parent_down_names_each_and_never_goes_direct(world: World) -> None:
