@@ -9,4 +9,7 @@ PID, and bounds every wait in both count and time. Modules:
 - `servers`: TLS, WebSocket, HTTP and raw TCP servers on one event loop in a thread.
 - `proxy`: the proxy under test as a subprocess, its stderr, and its access lines.
 - `wire`: hand-written HTTP CONNECT / SOCKS5 / SOCKS4 client exchanges for exact assertions.
+- `programs`: bounded runs of curl, node and ``python3 -m ipv4proxy`` in a clean environment.
+- `process`: `stop_process`, the one way a helper stops a program it started (SIGTERM, then
+  SIGKILL after a bound).
 """
