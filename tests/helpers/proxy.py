@@ -10,6 +10,7 @@ can wait (bounded) for an access line, and a failing test can show the whole log
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import signal
 import subprocess
@@ -75,6 +76,14 @@ _CRASH_MARKERS = ("Traceback (most recent call last)", "exception was never retr
 
 class ProxyStartError(RuntimeError):
     """The proxy exited or did not say "listening on" in time; the message has its stderr."""
+
+
+def _logged_at(line: str) -> float:
+    """Epoch seconds of a text log line's ``%(asctime)s`` stamp (local time, milliseconds)."""
+    try:
+        return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return float("inf")  # not a stamped line: never passed over
 
 
 def parse_access_line(line: str) -> dict[str, str]:
@@ -220,15 +229,24 @@ class ProxyProcess:
         return None
 
     def wait_for_access(
-        self, since: int = 0, timeout: float = LOG_WAIT_SECONDS, **expected: str
+        self,
+        since: int = 0,
+        timeout: float = LOG_WAIT_SECONDS,
+        after: float | None = None,
+        **expected: str,
     ) -> dict[str, str]:
         """Wait, bounded, for an access line (from line `since` on) whose fields include `expected`.
 
-        Returns its fields; raises AssertionError with the whole log when none arrives in time.
+        With `after` (epoch seconds, e.g. a wire Tunnel's ``opened``), lines logged before it
+        are passed over: a client port the kernel reused would otherwise find an earlier
+        connection's line. Returns its fields; raises AssertionError with the whole log when
+        none arrives in time.
         """
 
         def matches(text: str) -> bool:
             if _ACCESS.search(text) is None:
+                return False
+            if after is not None and _logged_at(text) < after - 0.001:
                 return False
             fields = parse_access_line(text)
             return all(fields.get(key) == value for key, value in expected.items())
@@ -241,10 +259,14 @@ class ProxyProcess:
             )
         return parse_access_line(line)
 
-    async def access(self, since: int = 0, **expected: str) -> dict[str, str]:
+    async def access(
+        self, since: int = 0, after: float | None = None, **expected: str
+    ) -> dict[str, str]:
         """`wait_for_access` for async tests: waits in a thread so the event loop keeps running
         (a client's TLS shutdown, for one, needs the loop to finish closing its tunnel)."""
-        return await asyncio.to_thread(self.wait_for_access, since, LOG_WAIT_SECONDS, **expected)
+        return await asyncio.to_thread(
+            self.wait_for_access, since, LOG_WAIT_SECONDS, after, **expected
+        )
 
     def crash_lines(self) -> list[str]:
         """Lines that show an unhandled error in the proxy."""

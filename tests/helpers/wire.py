@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import struct
+import time
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -44,6 +45,9 @@ class Tunnel:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    # When the connection was made (epoch seconds): its access line is logged after this,
+    # which tells it from an older line of an earlier connection that had the same port.
+    opened: float = field(default_factory=time.time)
 
     @property
     def local_port(self) -> int:

@@ -107,7 +107,7 @@ async def test_http_without_good_credentials_is_407(
     assert reply.status == 407, reply
     assert reply.headers.get("proxy-authenticate") == 'Basic realm="ipv4proxy"', reply
     assert reason in reply.body_text
-    fields = await auth_proxy.access(client=tunnel.client)
+    fields = await auth_proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "AUTH_REQUIRED", fields
     await _echo_through(auth_proxy, servers, _basic("alice", PASSWORD))
 
@@ -131,7 +131,7 @@ async def test_socks5_auth(auth_proxy: ProxyProcess, servers: TestServers) -> No
     assert await tunnel.read_exactly(4) == b"\x05\x02\x01\x01"
     assert await tunnel.read_to_eof() == b""
     await tunnel.close()
-    fields = await auth_proxy.access(client=tunnel.client)
+    fields = await auth_proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "AUTH_REQUIRED", fields
     # python-socks with the right and the wrong credentials.
     good = SocksProxy.from_url(f"socks5://bob:{FILE_PASSWORD}@127.0.0.1:{auth_proxy.port}")
@@ -149,7 +149,7 @@ async def test_socks4_cannot_authenticate(auth_proxy: ProxyProcess, servers: Tes
     tunnel, reply = await socks4_connect(auth_proxy.port, "v4.test", servers.echo_port, user=b"bob")
     await tunnel.close()
     assert reply.code == 0x5B
-    fields = await auth_proxy.access(client=tunnel.client)
+    fields = await auth_proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "AUTH_REQUIRED", fields
 
 
@@ -171,7 +171,7 @@ async def test_dns_answer_cannot_smuggle_a_denied_address(
     await tunnel.close()
     assert reply.status == 403, reply
     assert "policy.deny_cidrs[0] 127.0.0.8/29" in reply.body_text
-    fields = await policy_proxy.access(client=tunnel.client)
+    fields = await policy_proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "DENIED", fields
     assert "policy.deny_cidrs[0]" in fields["reason"], fields
     s5, s5_reply = await socks5_request(policy_proxy.port, "rebind.test", servers.echo_port)

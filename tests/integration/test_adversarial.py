@@ -101,7 +101,7 @@ async def test_garbage_is_refused(
     await _send_ignoring_resets(tunnel, data)
     await _read_all(tunnel)
     await tunnel.close()
-    fields = await hard.access(client=tunnel.client)
+    fields = await hard.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == outcome, fields
     await assert_serving(hard, servers)
 
@@ -124,7 +124,7 @@ async def test_huge_heads_are_431_and_do_not_grow_memory(
     await tunnel.close()
     # The reply may be lost to the reset that unread bytes cause; the log line is not.
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
-    fields = await hard.access(client=tunnel.client)
+    fields = await hard.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "HEAD_TOO_LARGE", fields
     assert _rss_kib(hard.pid) - before < 8 * 1024
     await assert_serving(hard, servers)
@@ -157,7 +157,7 @@ async def test_slowloris_is_closed_in_bounded_time(
     elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert elapsed < 10 * HANDSHAKE_TIMEOUT, elapsed  # the "bounded time"
-    fields = await hard.access(client=tunnel.client)
+    fields = await hard.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "HANDSHAKE_TIMEOUT", fields
     await assert_serving(hard, servers)
 
@@ -203,7 +203,7 @@ async def test_total_connection_bound(proxy_factory: ProxyFactory, servers: Test
     held = [await open_tunnel_socket(proxy.port) for _ in range(5)]
     extra = await open_tunnel_socket(proxy.port)
     assert await _read_all(extra) == b""  # closed at once, no reply, never queued
-    fields = await proxy.access(client=extra.client)
+    fields = await proxy.access(client=extra.client, after=extra.opened)
     assert fields["outcome"] == "TOO_MANY_CONNECTIONS", fields
     await extra.close()
     for tunnel in held:
@@ -231,7 +231,7 @@ async def test_idle_tunnel_is_closed_and_active_one_is_not(
             assert await active.read_exactly(4) == b"ping"
             await asyncio.sleep(0.25)
         assert await idle.read_to_eof() == b""  # the proxy closed the idle one
-        fields = await proxy.access(client=idle.client)
+        fields = await proxy.access(client=idle.client, after=idle.opened)
         assert fields["outcome"] == "IDLE_TIMEOUT", fields
         active.writer.write(b"pong")
         assert await active.read_exactly(4) == b"pong"
@@ -369,7 +369,7 @@ async def test_smuggling_shapes_are_400(
     tunnel, reply = await http_raw(hard.port, request)
     await tunnel.close()
     assert reply.status == 400, reply
-    fields = await hard.access(client=tunnel.client)
+    fields = await hard.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "MALFORMED", fields
     await assert_serving(hard, servers)
 
@@ -383,5 +383,5 @@ async def test_host_header_cannot_redirect(hard: ProxyProcess, servers: TestServ
     await tunnel.close()
     assert reply.status == 200, reply
     assert payload_json(reply.body)["host"] == f"v4.test:{servers.http_port}"
-    fields = await hard.access(client=tunnel.client)
+    fields = await hard.access(client=tunnel.client, after=tunnel.opened)
     assert fields["target"] == f"v4.test:{servers.http_port}", fields

@@ -60,7 +60,7 @@ async def _logged(
     Only lines after `since` count: the kernel may give this connection the client port of
     an earlier one (the proxy closed that one first, so the port was free at once).
     """
-    fields = await proxy.access(since=since, client=tunnel.client)
+    fields = await proxy.access(since=since, client=tunnel.client, after=tunnel.opened)
     assert {key: fields.get(key) for key in expected} == expected, fields
     return fields
 

@@ -58,7 +58,7 @@ async def _through(proxy: ProxyProcess, authority: str) -> dict[str, str]:
     tunnel, reply = await http_connect(proxy.port, authority)
     assert reply.status == 200, reply
     await _close(tunnel)
-    return await proxy.access(client=tunnel.client)
+    return await proxy.access(client=tunnel.client, after=tunnel.opened)
 
 
 async def _close(tunnel: Tunnel) -> None:
@@ -99,7 +99,7 @@ async def test_breaker_opens_on_a_refusing_address_and_closes_after_cooldown(
         assert reply.status == 200, reply
         await tunnel.close()
     # Closing the listener resets the connection it never accepted: the tunnel ends.
-    line = await breaker_proxy.access(since=mark, client=tunnel.client)
+    line = await breaker_proxy.access(since=mark, client=tunnel.client, after=tunnel.opened)
     assert line["address"] == "127.0.0.2"
     closed = breaker_proxy.wait_for_line(
         lambda text: f"breaker_closed endpoint={endpoint}" in text, since=mark

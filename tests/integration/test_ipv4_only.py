@@ -94,7 +94,7 @@ async def test_dual_stack_name_through_tunnel_uses_ipv4_only(
     # Only the 127.0.0.1 side answers HTTP; the trap closes at once.
     assert reply.status == 200, reply
     assert json.loads(reply.body)["path"] == "/echo?via=tunnel"
-    fields = await proxy.access(client=tunnel.client, protocol=protocol)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol=protocol)
     assert fields["outcome"] == "ok", fields
     assert fields["address"] == "127.0.0.1", fields
     _assert_ipv4_only(dnsmasq, trap, server_loop, name, peers_before)
@@ -111,7 +111,7 @@ async def test_dual_stack_name_forwarded_uses_ipv4_only(
     await tunnel.close()
     assert reply.status == 200, reply
     assert json.loads(reply.body)["path"] == "/echo?via=forward"
-    fields = await proxy.access(client=tunnel.client, protocol="http-forward")
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol="http-forward")
     assert fields["outcome"] == "ok", fields
     assert fields["address"] == "127.0.0.1", fields
     _assert_ipv4_only(dnsmasq, trap, server_loop, name, peers_before)

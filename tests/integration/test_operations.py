@@ -102,13 +102,15 @@ async def test_metrics_after_real_tunnels(
         assert reply.status == 200
         await echo_once(tunnel, b"x" * 1000)
         await tunnel.close()
-        fields = await proxy.access(client=tunnel.client, protocol="http-connect")
+        fields = await proxy.access(
+            client=tunnel.client, after=tunnel.opened, protocol="http-connect"
+        )
         sent, received = sent + int(fields["sent"]), received + int(fields["received"])
     tunnel, socks = await socks5_request(proxy.port, "v4.test", servers.echo_port)
     assert socks.code == 0
     await echo_once(tunnel, b"y" * 300)
     await tunnel.close()
-    fields = await proxy.access(client=tunnel.client, protocol="socks5")
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol="socks5")
     sent, received = sent + int(fields["sent"]), received + int(fields["received"])
     assert (sent, received) == (2300, 2300)
     for target, outcome in [
@@ -120,7 +122,7 @@ async def test_metrics_after_real_tunnels(
         tunnel, reply = await http_connect(proxy.port, target)
         assert reply.status >= 400
         await tunnel.close()
-        await proxy.access(client=tunnel.client, outcome=outcome)
+        await proxy.access(client=tunnel.client, after=tunnel.opened, outcome=outcome)
 
     samples = await scrape(proxy)
     assert metric(samples, "ipv4proxy_tunnels_opened_total", protocol="http-connect") == 2
@@ -184,7 +186,7 @@ async def test_drain_lets_an_open_tunnel_finish(
     # Its end is the last thing the drain waited for: the proxy exits at once, cleanly.
     assert await wait_exit(proxy) == 0
     assert "stopped; 0 connections cut" in await wait_line(proxy, "stopped", mark)
-    fields = await proxy.access(client=tunnel.client)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "ok"
     assert int(fields["sent"]) == len(b"before the signal\n") + 3 * len(b"during the drain 0\n")
 
@@ -202,7 +204,7 @@ async def test_grace_period_end_cuts_what_is_left(
     assert await tunnel.read_to_eof() == b""
     await tunnel.close()
     assert "stopped; 1 connections cut" in await wait_line(proxy, "stopped", mark)
-    fields = await proxy.access(client=tunnel.client)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "cut", fields
 
 

@@ -105,7 +105,7 @@ async def _echo_through_child(world: World, authority: str) -> dict[str, str]:
     tunnel.writer.write(b"ping through the parent")
     assert await tunnel.read_exactly(23) == b"ping through the parent"
     await tunnel.close()
-    return await world.child.access(client=tunnel.client)
+    return await world.child.access(client=tunnel.client, after=tunnel.opened)
 
 
 @pytest.mark.parametrize(("host", "via"), [("s5", "s5"), ("http", "web"), ("s4", "s4")])
@@ -173,7 +173,7 @@ async def test_wrong_credentials_name_the_parent_not_the_password(world: World) 
     assert reply.status == 502
     assert "parent msbad" in reply.body_text
     assert "wrong-pw" not in reply.body_text
-    line = await world.child.access(client=tunnel.client)
+    line = await world.child.access(client=tunnel.client, after=tunnel.opened)
     assert "wrong-pw" not in str(line)
 
 
@@ -183,7 +183,7 @@ async def test_parent_refusal_is_answered_like_a_direct_refusal(world: World) ->
     assert reply.status == 502
     assert reply.body_text.startswith(f"connect to s5.trap.test:{world.refused} via parent s5 ")
     assert f"parent s5 (127.0.0.1:{world.parent.port}) refused" in reply.body_text
-    line = await world.child.access(client=tunnel.client)
+    line = await world.child.access(client=tunnel.client, after=tunnel.opened)
     assert line["outcome"] == "ECONNREFUSED"
     tunnel5, reply5 = await socks5_request(world.child.port, "s5.trap.test", world.refused)
     await tunnel5.close()
@@ -203,5 +203,5 @@ async def test_every_parent_down_names_each_and_never_goes_direct(world: World) 
     assert reply.status == 502
     assert "parent deadA" in reply.body_text
     assert "parent deadB" in reply.body_text
-    line = await world.child.access(client=tunnel.client)
+    line = await world.child.access(client=tunnel.client, after=tunnel.opened)
     assert line["outcome"] == "ECONNREFUSED"

@@ -58,7 +58,7 @@ async def test_early_data_reaches_the_server(
         assert await tunnel.read_exactly(len(b"and later bytes\n")) == b"and later bytes\n"
     finally:
         await tunnel.close()
-    fields = await proxy.access(client=tunnel.client, protocol=protocol)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol=protocol)
     assert fields["outcome"] == "ok", fields
     assert fields["target"] == f"dual.test:{servers.echo_port}", fields
     assert int(fields["sent"]) == len(early) + len(b"and later bytes\n"), fields
@@ -80,7 +80,7 @@ async def test_half_close_keeps_the_other_direction(
     finally:
         await tunnel.close()
     assert answer == f"got {len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
-    fields = await proxy.access(client=tunnel.client, protocol=protocol)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol=protocol)
     assert fields["outcome"] == "ok", fields
     assert int(fields["sent"]) == len(data), fields
     assert int(fields["received"]) == len(answer), fields
@@ -98,7 +98,7 @@ async def test_several_a_records_reach_the_one_that_listens(
         assert await tunnel.read_exactly(5) == b"ping\n"
     finally:
         await tunnel.close()
-    fields = await proxy.access(client=tunnel.client, protocol=protocol)
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol=protocol)
     assert fields["outcome"] == "ok", fields
     assert fields["address"] == "127.0.0.1", fields
 
@@ -112,7 +112,7 @@ async def test_socks4_ipv4_literal(proxy: ProxyProcess, servers: TestServers) ->
         assert await tunnel.read_exactly(5) == b"four\n"
     finally:
         await tunnel.close()
-    fields = await proxy.access(client=tunnel.client, protocol="socks4")
+    fields = await proxy.access(client=tunnel.client, after=tunnel.opened, protocol="socks4")
     assert fields["outcome"] == "ok", fields
     assert fields["target"] == f"127.0.0.1:{servers.echo_port}", fields
 
