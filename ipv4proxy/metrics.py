@@ -109,16 +109,30 @@ class Metrics:
         for result in ("applied", "refused"):
             self.reloads.labels(result)
 
+        # Label children of the per-tunnel series, bound once: labels() costs more than
+        # the increment (validation, a lock, a dictionary of tuples).
+        self._opened: dict[str, Counter] = {}
+        self._closed: dict[tuple[str, str], Counter] = {}
+        self._sent = self.bytes.labels("sent")
+        self._received = self.bytes.labels("received")
+
     def tunnel_opened(self, protocol: str, connect_seconds: float) -> None:
-        self.tunnels_opened.labels(protocol).inc()
+        child = self._opened.get(protocol)
+        if child is None:
+            child = self._opened[protocol] = self.tunnels_opened.labels(protocol)
+        child.inc()
         self.tunnels_active.inc()
         self.connect_seconds.observe(connect_seconds)
 
     def tunnel_closed(self, protocol: str, outcome: str, sent: int, received: int) -> None:
-        self.tunnels_closed.labels(protocol, outcome).inc()
+        key = (protocol, outcome)
+        child = self._closed.get(key)
+        if child is None:
+            child = self._closed[key] = self.tunnels_closed.labels(protocol, outcome)
+        child.inc()
         self.tunnels_active.dec()
-        self.bytes.labels("sent").inc(sent)
-        self.bytes.labels("received").inc(received)
+        self._sent.inc(sent)
+        self._received.inc(received)
 
     def refused(self, error: ProxyError) -> None:
         """Count a refusal, and each failed connect attempt a DialError carries."""

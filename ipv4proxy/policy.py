@@ -86,10 +86,15 @@ def _networks(key: str, items: Iterable[str]) -> tuple[tuple[str, Network], ...]
     return tuple((f"{key}[{i}] {item}", parse_cidr(item)) for i, item in enumerate(items))
 
 
+# Address decisions remembered per policy (about 200 bytes each).
+_ADDRESS_DECISIONS = 4096
+
+
 class Policy:
     """The decisions of one configuration. Build once at start; every method is pure."""
 
     __slots__ = (
+        "_address_decisions",
         "_allow_cidrs",
         "_allow_domains",
         "_clients",
@@ -115,10 +120,14 @@ class Policy:
         pairs = [parse_user_line(line) for line in config.auth.users] + list(users)
         self._digests = tuple(_digest(user, password) for user, password in pairs)
         self._own: frozenset[tuple[str, int]] = frozenset()
+        # (address, port) -> its Decision: the rules walk a dozen networks per address, and
+        # a sidecar sees the same few destinations over and over. Bounded; cleared when full.
+        self._address_decisions: dict[tuple[str, int], Decision] = {}
 
     def listening_on(self, addresses: Iterable[tuple[str, int]]) -> None:
         """Record the bound listen addresses (a wildcard host stands for any address)."""
         self._own = frozenset(addresses)
+        self._address_decisions.clear()
 
     # who may connect
 
@@ -196,6 +205,16 @@ class Policy:
 
     def address(self, address: str, port: int) -> Decision:
         """The address rules (see the module docstring) for one resolved IPv4 address."""
+        key = (address, port)
+        decision = self._address_decisions.get(key)
+        if decision is None:
+            decision = self._address(address, port)
+            if len(self._address_decisions) >= _ADDRESS_DECISIONS:
+                self._address_decisions.clear()
+            self._address_decisions[key] = decision
+        return decision
+
+    def _address(self, address: str, port: int) -> Decision:
         ip = ipaddress.IPv4Address(address)
         for host, listen_port in self._own:
             if port == listen_port and host in (address, "0.0.0.0"):  # noqa: S104
