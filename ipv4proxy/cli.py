@@ -37,7 +37,7 @@ from ipv4proxy.admin import Admin
 from ipv4proxy.config import Config, changed_keys, flag_name, iter_keys, load, to_yaml
 from ipv4proxy.doctor import diagnose, render_text
 from ipv4proxy.errors import ConfigError, ProtocolError
-from ipv4proxy.log import lifecycle, setup_logging
+from ipv4proxy.log import lean_records, lifecycle, setup_logging
 from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.host import parse_authority
@@ -243,4 +243,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(config.log.level, config.log.format)
     if command == "doctor":
         sys.exit(uvloop.run(doctor(config, own["target"], own["json"])))
+    lean_records()
     sys.exit(uvloop.run(run(config, policy, args, os.environ)))
