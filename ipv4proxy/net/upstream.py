@@ -118,6 +118,16 @@ class Upstream:
 
     async def open(self, destination: Destination, check: RouteCheck | None = None) -> Connection:
         """Resolve, let ``check`` see the route, connect. Raises ProxyError."""
+        if not self.parents and destination.kind is HostKind.IPV4:
+            # The usual case for a sidecar, in one coroutine frame instead of three:
+            # exactly what resolve() and connect() do for a literal with no parents.
+            route = Route(destination.host, destination.port, (destination.host,), literal=True)
+            if check is not None:
+                route = check(route)
+            if route.parents:  # a check may route elsewhere; none in this code base does
+                return await self.connect(route)
+            sock, address = await self.dialer.dial(route.host, route.addresses, route.port)
+            return Connection(sock, address)
         route = await self.resolve(destination)
         if check is not None:
             route = check(route)

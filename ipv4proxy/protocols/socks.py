@@ -26,6 +26,7 @@ if ok calls ``feed(b"")`` to parse what was buffered (it returns [] if nothing w
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 
 from ipv4proxy.errors import Failure, ProtocolError, ProxyError
@@ -54,6 +55,7 @@ def _unsupported(command: int) -> ProtocolError:
     return ProtocolError(f"{name} is not supported, only CONNECT", failure=Failure.UNSUPPORTED)
 
 
+@functools.lru_cache(maxsize=64)  # the proxy's own few local addresses, once per reply
 def _pack_ipv4(address: str) -> bytes:
     """``address`` packed; a non-IPv4 address (a parent proxy's name) is sent as 0.0.0.0."""
     try:
