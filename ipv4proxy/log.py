@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -34,12 +35,16 @@ __all__ = [
 LEVELS = ("debug", "info", "warning", "error")
 
 
+# A value holding one of these is quoted (one regex search: the access line has 11 fields).
+_QUOTED = re.compile(r'[ "=\\]')
+
+
 def format_fields(fields: Mapping[str, object]) -> str:
     """Render ``key=value`` pairs; a value with a space, quote or ``=`` is double-quoted."""
     parts = []
     for key, value in fields.items():
         text = f"{value:.1f}" if isinstance(value, float) else str(value)
-        if not text or any(c in text for c in ' "=\\'):
+        if not text or _QUOTED.search(text) is not None:
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
