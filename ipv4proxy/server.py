@@ -168,6 +168,9 @@ class Proxy:
             )
             self._servers.append(server)
             for sock in server.sockets:
+                # Accepted sockets inherit SO_KEEPALIVE from the listener on Linux: one
+                # system call here instead of one per client connection.
+                tune_socket(sock)
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port))
                 address = _address((host, port))
@@ -556,8 +559,7 @@ class Session(asyncio.Protocol):
         tunnel = Tunnel(closed)
         proxy.tunnel_opened(self, tunnel, protocol, connected - started)  # ops
         loop = proxy.loop
-        tune_socket(sock)
-        tune_socket(client.get_extra_info("socket"))
+        tune_socket(sock)  # the client's socket has keepalive from its listener
         local = sock.getsockname()
         # The reply goes out before any upstream byte can: a server that speaks first must
         # not have its bytes land ahead of "200 Connection established".
