@@ -588,7 +588,8 @@ def load(
 ) -> Config:
     """Merge file, environment and flags (flags win) into a validated Config.
 
-    ``flags`` maps a key path to the flag's value(s). Raises ConfigError.
+    ``flags`` maps a key path to the flag's value(s); a list holds the values of a repeated
+    flag, each of which may itself be a comma-separated list. Raises ConfigError.
     """
     tree: dict[str, Any] = {}
     if file_text:
@@ -606,7 +607,10 @@ def load(
         if environ is not None and name in environ:
             _set(tree, path, environ[name])
     for path, value in (flags or {}).items():
-        _set(tree, path, value)
+        if isinstance(value, list):  # a repeated flag; each value may be a comma-separated list
+            _set(tree, path, [item for text in value for item in _split(text)])
+        else:
+            _set(tree, path, value)
     config: Config = _build(Config, tree, "")
     _nameservers_ok(config.resolver)
     _parents_ok(config.parents)

@@ -80,6 +80,22 @@ def test_listeners_from_file_env_and_flags() -> None:
     )
 
 
+def test_list_flags_take_commas_like_the_environment() -> None:
+    """``--policy-ports 80,443`` is the env form's list; repeating the flag adds to it."""
+    argv = ["--policy-ports", "80,443", "--policy-ports", "8000-8100", "--nameserver", "127.0.0.1"]
+    config = parse(argv, {})
+    assert config.policy.ports == ("80", "443", "8000-8100")
+    assert (
+        config.policy.ports
+        == load(environ={"IPV4PROXY_POLICY_PORTS": "80,443,8000-8100"}).policy.ports
+    )
+    assert config.resolver.nameservers == ("127.0.0.1",)
+    assert parse(["--listen", "127.0.0.1:1,127.0.0.1:2"], {}).listeners == (
+        Listener("127.0.0.1", 1),
+        Listener("127.0.0.1", 2),
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
