@@ -216,4 +216,7 @@ def test_baileys_recipe(
     assert kind == "BINARY"
     assert frame.startswith(b"WA")
     assert output["updates"][-1] == "close"
-    _tunnels(proxy, mark, target, "http-connect", 4)
+    # The WebSocket, the axios upload and the axios download go through SOCKS5 (socks5h);
+    # fetch() goes through undici's ProxyAgent, which speaks HTTP CONNECT.
+    _tunnels(proxy, mark, target, "socks5", 3)
+    _tunnels(proxy, mark, target, "http-connect", 1)
