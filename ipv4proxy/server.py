@@ -41,7 +41,7 @@ from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net.relay import Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
-from ipv4proxy.net.upstream import Route, Upstream
+from ipv4proxy.net.upstream import DIRECT, Route, Upstream
 from ipv4proxy.policy import Policy, require
 from ipv4proxy.protocols import (
     Authenticate,
@@ -301,19 +301,17 @@ class _TunnelEnd:
         client: str,
         protocol: str,
         target: str,
-        address: str,
-        via: str,
         started: float,
-        connected: float,
     ) -> None:
         self.proxy = proxy
         self.client = client
         self.protocol = protocol
         self.target = target
-        self.address = address
-        self.via = via
         self.started = started
-        self.connected = connected
+        # Set when the upstream is connected.
+        self.address = ""
+        self.via = DIRECT
+        self.connected = started
         # Handed over by the session once the tunnel alone owns the connection.
         self.host = "-"
         self.counted = False
@@ -359,6 +357,9 @@ class Session(asyncio.Protocol):
         self.handshake: Handshake | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        # While the tunnel is being opened: what `_made` wires, and the route dialled.
+        self.opening: tuple[Handshake, Request, Tunnel] | None = None
+        self.route: Route | None = None
 
     # asyncio.Protocol
 
@@ -494,87 +495,97 @@ class Session(asyncio.Protocol):
     async def _open(self, handshake: Handshake, request: Request) -> None:
         destination = request.destination
         target = f"{destination.host}:{destination.port}"
-        started = self.proxy.loop.time()
+        proxy = self.proxy
+        closed = _TunnelEnd(
+            proxy,
+            client=self.client,
+            protocol=request.protocol,
+            target=target,
+            started=proxy.loop.time(),
+        )
+        tunnel = Tunnel(closed)
+        pump = tunnel.upstream
+        # The tunnel is wired when the upstream transport exists, before it is read from
+        # (`_made`), whichever way the transport was made.
+        self.opening = (handshake, request, tunnel)
+        pump.on_made = self._made
         policy = self.policy
         try:
             require(policy.credentials(request.credentials))
             require(policy.destination(destination))
             # Resolve, let the policy narrow the addresses, then connect (maybe via a parent).
-            upstream = await self.proxy.upstream.open(destination, check=self._allowed)
+            # One address, direct: the loop connects and makes the transport in one step.
+            upstream = await proxy.upstream.open(destination, check=self._allowed, protocol=pump)
+            sock = upstream.sock
+            if sock is not None:  # a race of several addresses, or through a parent
+                closed.address, closed.via = upstream.address, upstream.via
+                try:
+                    if self.transport.is_closing():
+                        sock.close()
+                        return
+                    await proxy.loop.create_connection(lambda: pump, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+            elif pump.transport is None:  # pragma: no cover - the loop closed it unadopted
+                assert upstream.transport is not None
+                upstream.transport.close()
+                self.transport.abort()
         except ProxyError as exc:
             self._refuse(exc, request.protocol, target)
-            return
-        sock = upstream.sock
-        try:
-            await self._relay(
-                handshake,
-                request,
-                sock,
-                address=upstream.address,
-                via=upstream.via,
-                started=started,
-            )
-        except BaseException:
-            sock.close()
-            raise
+        finally:
+            pump.on_made = None
+            self.opening = None
 
     def _allowed(self, route: Route) -> Route:
         """The route with only the addresses the policy allows; raises PolicyDenied."""
         if route.literal:
             require(self.policy.address(route.host, route.port))
-            return route
-        addresses, decision = self.policy.addresses(route.addresses, route.port, route.host)
-        require(decision)
-        return dataclasses.replace(route, addresses=addresses)
+        else:
+            addresses, decision = self.policy.addresses(route.addresses, route.port, route.host)
+            require(decision)
+            route = dataclasses.replace(route, addresses=addresses)
+        self.route = route  # for `_made`: the one address a direct transport was made to
+        return route
 
-    async def _relay(
-        self,
-        handshake: Handshake,
-        request: Request,
-        sock: socket.socket,
-        *,
-        address: str,
-        via: str,
-        started: float,
-    ) -> None:
-        """Wire the connected upstream socket to the client; the session ends here."""
+    def _made(self, upstream: asyncio.Transport) -> None:
+        """Wire the tunnel once its upstream transport exists, before anything is read from
+        it; the session ends here. A failure here must not leave the client paused
+        forever: log it, drop both sides."""
+        try:
+            self._wire(upstream)
+        except Exception:
+            log.exception("setting up the tunnel of %s failed", self.client)
+            upstream.abort()
+            self.transport.abort()
+
+    def _wire(self, upstream: asyncio.Transport) -> None:
+        opening = self.opening
+        assert opening is not None
+        self.opening = None
+        handshake, request, tunnel = opening
         client = self.transport
-        if client.is_closing():
-            sock.close()
+        if client.is_closing():  # the client left while the upstream was connecting
+            upstream.close()
             return
         proxy = self.proxy
-        connected = proxy.loop.time()
-        protocol = request.protocol
-        target = f"{request.destination.host}:{request.destination.port}"
-        closed = _TunnelEnd(
-            proxy,
-            client=self.client,
-            protocol=protocol,
-            target=target,
-            address=address,
-            via=via,
-            started=started,
-            connected=connected,
-        )
-        tunnel = Tunnel(closed)
-        proxy.tunnel_opened(self, tunnel, protocol, connected - started)  # ops
-        loop = proxy.loop
-        tune_socket(sock)  # the client's socket has keepalive from its listener
-        local = sock.getsockname()
-        # The reply goes out before any upstream byte can: a server that speaks first must
-        # not have its bytes land ahead of "200 Connection established".
+        closed = cast(_TunnelEnd, tunnel.on_closed)
+        closed.connected = connected = proxy.loop.time()
+        if not closed.address:  # made directly by the loop: the route's one address
+            assert self.route is not None
+            closed.address = self.route.addresses[0]
+        proxy.tunnel_opened(self, tunnel, request.protocol, connected - closed.started)  # ops
+        tune_socket(upstream.get_extra_info("socket"))  # the client's has it from its listener
+        local = upstream.get_extra_info("sockname")
+        # The reply goes out before any upstream byte can (the loop reads the upstream only
+        # after this returns): a server that speaks first must not have its bytes land
+        # ahead of "200 Connection established".
         client.write(handshake.success_reply(local[0], local[1]))
         tunnel.client.connection_made(client)  # adopts it and sets its flow control
-        await loop.create_connection(lambda: tunnel.upstream, sock=sock)
-        upstream = tunnel.upstream.transport
-        assert upstream is not None
         client.set_protocol(tunnel.client)
         # From here only the tunnel can end this connection: its end uncounts it (once), and
         # nothing refers to this session any more.
         closed.host, closed.counted, self.counted = self.host, self.counted, False
-        if client.is_closing():  # the client left while the upstream transport was made
-            tunnel.client.connection_lost(None)
-            return
         first = request.early_data
         if isinstance(request, Forward):
             first = request.head + first

@@ -29,14 +29,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn, Protocol, cast
 
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, Failure, ProxyError, UpstreamTimeout, failure_for_errno
 from ipv4proxy.log import event
 from ipv4proxy.net.breaker import Breaker, Clock, Memory
 
-__all__ = ["Attempt", "Dialer", "dial"]
+__all__ = ["Attempt", "Dialer", "Opening", "dial"]
 
 log = logging.getLogger("ipv4proxy.dialer")
 
@@ -123,6 +123,59 @@ async def _tcp_connect(address: str, port: int, seconds: float | None) -> socket
         sock.close()
         raise
     return sock
+
+
+class Opening(Protocol):
+    """The protocol a transport connect makes its transport for (a relay `Pump`):
+    ``transport`` is None until its connection_made has run."""
+
+    transport: asyncio.Transport | None
+
+
+# Module-level: subscripting Callable in the call would cost ~1 us per connect.
+_Factory = Callable[[], asyncio.BaseProtocol]
+
+
+class _Deadline:
+    """The connect_timeout of `_transport_connect`: cancels the connecting task when it runs
+    out, unless the protocol already has its transport (the tunnel is then live)."""
+
+    __slots__ = ("expired", "protocol", "task")
+
+    def __init__(self, task: asyncio.Task[Any], protocol: Opening) -> None:
+        self.task = task
+        self.protocol = protocol
+        self.expired = False
+
+    def __call__(self) -> None:
+        if self.protocol.transport is None:
+            self.expired = True
+            self.task.cancel()
+
+
+async def _transport_connect(
+    address: str, port: int, seconds: float, protocol: Opening
+) -> asyncio.Transport:
+    """Connect to ``address``:``port`` and make the transport for ``protocol`` in one step:
+    uvloop's create_connection() with an IPv4 literal and AF_INET (no getaddrinfo, no Python
+    socket object, no writer callback, no second step wrapping the socket in a transport).
+    Raises OSError, or _Expired when the connect is still pending after ``seconds``: the
+    timer cancels the task, as asyncio.timeout() would, without its Timeout object."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = _Deadline(task, protocol)
+    timer = loop.call_later(seconds, deadline)
+    factory = cast(_Factory, lambda: protocol)
+    try:
+        transport, _ = await loop.create_connection(factory, address, port, family=socket.AF_INET)
+    except asyncio.CancelledError:
+        if deadline.expired and task.uncancel() == 0:
+            raise _Expired from None
+        raise
+    finally:
+        timer.cancel()
+    return transport
 
 
 def _require_ipv4(address: str) -> None:
@@ -252,17 +305,29 @@ async def _dial_one(
             finally:
                 expired = timeout.expired()
     except Exception as exc:  # as dial() takes any attempt's exception
-        expired = expired or isinstance(exc, _Expired)
-        if expired:
-            error: OSError = OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
-        elif isinstance(exc, OSError):
-            error = exc
-        else:  # uvloop may raise RuntimeError where asyncio raises OSError
-            error = OSError(errno.ECONNABORTED, str(exc))
-    else:
-        if on_attempt is not None:
-            on_attempt(address, None)
-        return sock, address
+        _one_failed(address, config, target, exc, expired=expired, on_attempt=on_attempt)
+    if on_attempt is not None:
+        on_attempt(address, None)
+    return sock, address
+
+
+def _one_failed(
+    address: str,
+    config: DialerConfig,
+    target: str,
+    exc: Exception,
+    *,
+    expired: bool,
+    on_attempt: AttemptHook | None,
+) -> NoReturn:
+    """Report and raise the failure of a single-address dial, as `dial()` would."""
+    expired = expired or isinstance(exc, _Expired)
+    if expired:
+        error: OSError = OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+    elif isinstance(exc, OSError):
+        error = exc
+    else:  # uvloop may raise RuntimeError where asyncio raises OSError
+        error = OSError(errno.ECONNABORTED, str(exc))
     if on_attempt is not None:
         on_attempt(address, error)
     attempts = ((address, error),)
@@ -271,8 +336,8 @@ async def _dial_one(
             f"connect to {target} timed out after {config.connect_timeout:g} s"
             f" ({_describe(attempts)})",
             attempts=attempts,
-        )
-    raise _dial_error(target, attempts)
+        ) from None
+    raise _dial_error(target, attempts) from None
 
 
 def _dial_error(target: str, attempts: tuple[tuple[str, OSError], ...]) -> DialError:
@@ -323,29 +388,60 @@ class Dialer:
                 log.debug("%s: skipping %s (breaker open)", name, ", ".join(skipped))
 
         def report(address: str, error: OSError | None) -> None:
-            key = f"{address}:{port}"
-            if not track:
-                return
-            if error is None:
-                if self.breaker.success(key):
-                    event(log, "breaker_closed", endpoint=key, host=name)
-            elif not isinstance(error, ProxyError) and self.breaker.failure(key):
-                # A parent's answer about the destination is not the parent's failure.
-                event(
-                    log,
-                    "breaker_open",
-                    logging.WARNING,
-                    endpoint=key,
-                    host=name,
-                    cooldown_s=self.config.breaker_cooldown,
-                    error=_errno_name(error),
-                )
+            if track:
+                self._report(name, f"{address}:{port}", error)
 
         sock, address = await dial(
             chosen, port, self.config, name=name, via=via, connect=connect, on_attempt=report
         )
         self.memory.connected(name, address)
         return sock, address
+
+    async def dial_transport(
+        self, name: str, address: str, port: int, protocol: Opening
+    ) -> asyncio.Transport:
+        """`dial` of one address, direct, making the transport for ``protocol`` in the same
+        step (`_transport_connect`): the same reports, breaker, memory and errors, with the
+        transport instead of a socket. ``protocol``'s connection_made runs before this
+        returns, and the transport reads from then on. Raises as `dial()`."""
+        _require_ipv4(address)
+        target = f"{name}:{port}" if name else f"port {port}"
+        try:
+            transport = await _transport_connect(
+                address, port, self.config.connect_timeout, protocol
+            )
+        except Exception as exc:  # as dial() takes any attempt's exception
+            _one_failed(
+                address,
+                self.config,
+                target,
+                exc,
+                expired=False,
+                on_attempt=self._attempt_hook(name, port),
+            )
+        self._report(name, f"{address}:{port}", None)
+        self.memory.connected(name, address)
+        return transport
+
+    def _attempt_hook(self, name: str, port: int) -> AttemptHook:
+        return lambda address, error: self._report(name, f"{address}:{port}", error)
+
+    def _report(self, name: str, key: str, error: OSError | None) -> None:
+        """Tell the breaker how an attempt on ``key`` (address:port) of ``name`` ended."""
+        if error is None:
+            if self.breaker.success(key):
+                event(log, "breaker_closed", endpoint=key, host=name)
+        elif not isinstance(error, ProxyError) and self.breaker.failure(key):
+            # A parent's answer about the destination is not the parent's failure.
+            event(
+                log,
+                "breaker_open",
+                logging.WARNING,
+                endpoint=key,
+                host=name,
+                cooldown_s=self.config.breaker_cooldown,
+                error=_errno_name(error),
+            )
 
 
 def _describe(attempts: Sequence[tuple[str, OSError]]) -> str:

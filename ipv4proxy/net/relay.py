@@ -104,7 +104,7 @@ class Tunnel:
 class Pump(asyncio.BufferedProtocol):
     """One socket of a tunnel. ``received`` counts the bytes read from it."""
 
-    __slots__ = ("eof", "held", "peer", "received", "transport", "tunnel")
+    __slots__ = ("eof", "held", "on_made", "peer", "received", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -114,12 +114,19 @@ class Pump(asyncio.BufferedProtocol):
         self.eof = False
         # The buffer whose bytes the peer's transport is still sending; None when idle.
         self.held: bytearray | None = None
+        # Run once when the transport is adopted, before the loop reads from it (the server
+        # wires the tunnel there when the loop makes the upstream transport itself).
+        self.on_made: Callable[[asyncio.Transport], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Adopt ``transport``; also called by the server for the client's socket."""
         self.transport = cast(asyncio.Transport, transport)
         # Pause on any unsent byte and resume only when all are sent: see the module rules.
         self.transport.set_write_buffer_limits(0, 0)
+        on_made = self.on_made
+        if on_made is not None:
+            self.on_made = None
+            on_made(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _buffers.view

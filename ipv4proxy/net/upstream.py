@@ -22,6 +22,7 @@ Two steps, so that a policy can look between them:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from ipv4proxy.config import Config
 from ipv4proxy.errors import DialError, ResolveError, UpstreamError, UpstreamTimeout
 from ipv4proxy.net.breaker import Clock
-from ipv4proxy.net.dialer import Dialer
+from ipv4proxy.net.dialer import Dialer, Opening
 from ipv4proxy.net.parents import Parent, ParentUnreachable, matching, parents_of
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.protocols import HostKind
@@ -58,11 +59,14 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """A connected upstream socket; ``via`` is ``direct`` or the parent's label."""
+    """A connected upstream: a socket, or (when the caller passed a protocol and one address
+    was dialled directly) the protocol's ``transport``; ``via`` is ``direct`` or the parent's
+    label."""
 
-    sock: socket.socket
+    sock: socket.socket | None
     address: str
     via: str = DIRECT
+    transport: asyncio.Transport | None = None
 
 
 # Looks at a route before anything is dialled: returns the route to take (a policy may drop
@@ -99,9 +103,17 @@ class Upstream:
         chosen = matching(self.parents, destination.host, addresses, destination.port)
         return Route(destination.host, destination.port, addresses, chosen, literal)
 
-    async def connect(self, route: Route) -> Connection:
-        """Connect along ``route``. Raises DialError, UpstreamTimeout or UpstreamError."""
+    async def connect(self, route: Route, protocol: Opening | None = None) -> Connection:
+        """Connect along ``route``. With ``protocol``, a route of one address and no parent
+        gives its transport for that protocol, not a socket (`Dialer.dial_transport`).
+        Raises DialError, UpstreamTimeout or UpstreamError."""
         if not route.parents:
+            if protocol is not None and len(route.addresses) == 1:
+                address = route.addresses[0]
+                transport = await self.dialer.dial_transport(
+                    route.host, address, route.port, protocol
+                )
+                return Connection(None, address, transport=transport)
             sock, address = await self.dialer.dial(route.host, route.addresses, route.port)
             return Connection(sock, address)
         errors: list[UpstreamError] = []
@@ -116,22 +128,31 @@ class Upstream:
             return Connection(sock, address, parent.label)
         raise _all_down(route, errors)
 
-    async def open(self, destination: Destination, check: RouteCheck | None = None) -> Connection:
-        """Resolve, let ``check`` see the route, connect. Raises ProxyError."""
+    async def open(
+        self,
+        destination: Destination,
+        check: RouteCheck | None = None,
+        protocol: Opening | None = None,
+    ) -> Connection:
+        """Resolve, let ``check`` see the route, connect (``protocol``: as `connect`).
+        Raises ProxyError."""
         if not self.parents and destination.kind is HostKind.IPV4:
             # The usual case for a sidecar, in one coroutine frame instead of three:
             # exactly what resolve() and connect() do for a literal with no parents.
             route = Route(destination.host, destination.port, (destination.host,), literal=True)
             if check is not None:
                 route = check(route)
-            if route.parents:  # a check may route elsewhere; none in this code base does
-                return await self.connect(route)
-            sock, address = await self.dialer.dial(route.host, route.addresses, route.port)
-            return Connection(sock, address)
+            if protocol is not None and not route.parents and len(route.addresses) == 1:
+                address = route.addresses[0]
+                transport = await self.dialer.dial_transport(
+                    route.host, address, route.port, protocol
+                )
+                return Connection(None, address, transport=transport)
+            return await self.connect(route, protocol)
         route = await self.resolve(destination)
         if check is not None:
             route = check(route)
-        return await self.connect(route)
+        return await self.connect(route, protocol)
 
     async def close(self) -> None:
         await self.resolver.close()
