@@ -162,7 +162,14 @@ class Policy:
             ok |= hmac.compare_digest(given, digest)
         return ok
 
-    def credentials(self, credentials: tuple[str, str] | None) -> Decision:
+    def credentials(self, credentials: tuple[str, str] | None, *, protocol: str = "") -> Decision:
+        """Whether ``credentials`` let a request of ``protocol`` through."""
+        if self._digests and protocol.startswith("socks4"):
+            reason = (
+                "SOCKS4 cannot carry a password and this proxy requires authentication:"
+                " use SOCKS5 or HTTP with credentials"
+            )
+            return Decision(False, "auth", reason, Failure.AUTH_REQUIRED)
         if self.credentials_ok(credentials):
             return ALLOWED
         reason = (

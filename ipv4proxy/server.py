@@ -511,7 +511,7 @@ class Session(asyncio.Protocol):
         pump.on_made = self._made
         policy = self.policy
         try:
-            require(policy.credentials(request.credentials))
+            require(policy.credentials(request.credentials, protocol=request.protocol))
             require(policy.destination(destination))
             # Resolve, let the policy narrow the addresses, then connect (maybe via a parent).
             # One address, direct: the loop connects and makes the transport in one step.

@@ -151,6 +151,7 @@ async def test_socks4_cannot_authenticate(auth_proxy: ProxyProcess, servers: Tes
     assert reply.code == 0x5B
     fields = await auth_proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "AUTH_REQUIRED", fields
+    assert "SOCKS4 cannot carry a password" in fields["reason"], fields
 
 
 async def test_no_password_in_the_log(auth_proxy: ProxyProcess, servers: TestServers) -> None:

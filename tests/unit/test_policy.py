@@ -203,6 +203,15 @@ def test_credentials() -> None:
     assert policy().credentials(None).allowed  # auth off: anyone
 
 
+def test_socks4_is_refused_when_auth_is_required() -> None:
+    """SOCKS4 has a user id but no password: with auth on it is refused, saying why."""
+    p = policy("", [("bob", "")])
+    refused = p.credentials(("bob", ""), protocol="socks4a")
+    assert (refused.allowed, refused.failure) == (False, Failure.AUTH_REQUIRED)
+    assert "SOCKS4 cannot carry a password" in refused.reason
+    assert policy().credentials(None, protocol="socks4").allowed  # auth off: SOCKS4 is fine
+
+
 @given(st.text(max_size=20), st.text(max_size=20))
 def test_only_the_configured_pair_passes(user: str, password: str) -> None:
     p = policy("", [("u", "p")])
