@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "bind_dual_port",
     "client_env",
     "ipv6_loopback_available",
+    "loopback_listener",
     "refused_port",
 ]
 
@@ -63,6 +65,15 @@ def client_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
+
+
+@contextlib.contextmanager
+def loopback_listener(backlog: int = 16) -> Iterator[socket.socket]:
+    """A socket listening on 127.0.0.1:<free port>, closed on exit."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        yield sock
 
 
 def refused_port() -> socket.socket:

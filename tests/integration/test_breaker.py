@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers.net import Blackhole
+from helpers.net import Blackhole, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, UpstreamTimeout
 from ipv4proxy.net.dialer import Dialer, tcp_connect
@@ -44,11 +44,8 @@ class Recorder:
 @pytest.fixture
 def good() -> Iterator[socket.socket]:
     """A listener on 127.0.0.1; the same port on 127.0.0.2 and .3 refuses."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield sock
-    sock.close()
+    with loopback_listener() as sock:
+        yield sock
 
 
 async def test_the_address_that_last_connected_goes_first(good: socket.socket) -> None:

@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 
+from helpers.net import loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, Failure, UpstreamTimeout
 from ipv4proxy.net.dialer import Dialer, dial
@@ -19,11 +20,8 @@ FAST = DialerConfig(attempt_delay=0.05, connect_timeout=2.0)
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield sock
-    sock.close()
+    with loopback_listener() as sock:
+        yield sock
 
 
 @pytest.fixture
