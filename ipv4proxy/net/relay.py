@@ -1,22 +1,30 @@
 """The byte pump: two buffered asyncio protocols that write what they read to each other.
 
 One `Pump` sits on each socket of a tunnel. No task runs per direction: the event loop reads
-straight into a buffer the pump lends it (``get_buffer``) and the pump hands a view of those
-bytes to the peer's transport (``buffer_updated``), so relaying costs one read and one write
+straight into a buffer the pump lends it (``get_buffer``), and the pump writes those bytes to
+the peer's socket at once (``buffer_updated``), so relaying costs one read and one write
 system call and no copy in between; an idle tunnel costs two small objects and its two
 transports, and holds no buffer.
 
 Rules:
-- Read buffers are shared by every pump of the process (`_Buffers`): a read lands in the
-  current buffer, and when the peer's socket takes every byte at once (the usual case) the
-  buffer is free again for the next read of any tunnel.
-- Backpressure: each transport's write-buffer limits are (0, 0), so a write the kernel does
-  not take whole pauses the pump that made it. The unsent bytes are a view of the shared
-  buffer, so that buffer is handed to the paused pump (``held``) and the pool moves on to
-  another; when the write has drained (``resume_writing``) the buffer returns to the pool and
-  the pump reads again. A client that never reads holds at most one buffer in the proxy.
+- One read buffer for every pump of the process (`Buffers`): a read lands in it and is
+  written to the peer's socket straight from it (``os.write`` on the peer's descriptor
+  while the peer's transport has nothing queued, so the order of bytes is kept). When the
+  peer's socket takes every byte (the usual case) nothing is left behind and the buffer
+  is free for the next read of any tunnel.
+- Backpressure: bytes the peer's socket did not take are copied out, exactly those bytes,
+  and queued on the peer's transport, whose write-buffer limits are (0, 0): any unsent
+  byte pauses the pump that read them (``pause_writing``), and it reads again once they
+  are all sent (``resume_writing``). A stalled tunnel holds only what it could not send.
+- One budget for every byte held that way in the process (``Buffers.budget``, the setting
+  ``limits.relay_memory``). While less than a whole read is left of it, reads are cut to
+  what is left, and to MIN_READ when nothing is: no read can then leave more than that
+  behind. Held bytes are therefore at most ``budget + MIN_READ`` per pump stalled while
+  the budget was spent, never READ_SIZE per stalled tunnel; tunnels that are not stalled
+  keep moving (in smaller reads) and hold nothing.
 - Half-close: an EOF from one side is passed on with ``write_eof``; the tunnel closes when
-  both sides have sent EOF, or at once when either side closes or resets.
+  both sides have sent EOF, or at once when either side closes or resets. A closing
+  transport is never written to (its descriptor may already be another socket's).
 - The `Tunnel` learns when both sockets are closed, and reports once.
 """
 
@@ -24,18 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["READ_SIZE", "Pump", "Tunnel", "tune_socket"]
+__all__ = ["MIN_READ", "READ_SIZE", "Buffers", "Pump", "Tunnel", "tune_socket"]
 
 # One read takes up to this much: large enough that a bulk transfer costs few Python calls
 # per megabyte (loopback socket buffers hold a few MiB), small enough to stay in cache.
 READ_SIZE = 256 * 1024
-# Buffers kept for reuse once drained; more are only ever needed while that many tunnels
-# are stalled on a slow reader at once, and those are freed when they drain.
-POOL_SIZE = 16
+# The read size once the budget is spent: one page. It bounds what a tunnel that stalls
+# then can hold (4,000 such tunnels: 16 MiB), while the others still move ~100 MB/s each.
+MIN_READ = 4096
 
 
 def tune_socket(sock: socket.socket | None) -> None:
@@ -50,30 +59,27 @@ def tune_socket(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-class _Buffers:
-    """The read buffers shared by every pump: the one reads go into, and spares."""
+class Buffers:
+    """The read buffer every pump shares, and the budget of bytes held for slow peers.
 
-    __slots__ = ("current", "spare", "view")
+    ``held`` is the sum of every pump's ``held``: bytes read but not yet taken by the
+    peer's socket. One instance per Proxy.
+    """
 
-    def __init__(self) -> None:
-        self.spare: list[bytearray] = []
-        self.current = bytearray(READ_SIZE)
-        self.view = memoryview(self.current)
+    __slots__ = ("budget", "buffer", "held", "view")
 
-    def take(self) -> bytearray:
-        """Give away the current buffer (a transport still holds a view of it)."""
-        taken = self.current
-        self.current = self.spare.pop() if self.spare else bytearray(READ_SIZE)
-        self.view = memoryview(self.current)
-        return taken
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held = 0
+        self.buffer = bytearray(READ_SIZE)
+        self.view = memoryview(self.buffer)
 
-    def give(self, buffer: bytearray) -> None:
-        """Take back a buffer no transport refers to any more."""
-        if len(self.spare) < POOL_SIZE:
-            self.spare.append(buffer)
-
-
-_buffers = _Buffers()
+    def read_view(self) -> memoryview:
+        """Where the next read goes: the whole buffer, or only what the budget allows."""
+        free = self.budget - self.held
+        if free >= READ_SIZE:
+            return self.view
+        return self.view[: max(MIN_READ, free)]
 
 
 class Tunnel:
@@ -81,9 +87,9 @@ class Tunnel:
 
     __slots__ = ("client", "on_closed", "open_sides", "upstream")
 
-    def __init__(self, on_closed: Callable[[Tunnel], None]) -> None:
-        self.client = Pump(self)
-        self.upstream = Pump(self)
+    def __init__(self, on_closed: Callable[[Tunnel], None], buffers: Buffers) -> None:
+        self.client = Pump(self, buffers)
+        self.upstream = Pump(self, buffers)
         self.client.peer = self.upstream
         self.upstream.peer = self.client
         self.on_closed = on_closed
@@ -102,18 +108,30 @@ class Tunnel:
 
 
 class Pump(asyncio.BufferedProtocol):
-    """One socket of a tunnel. ``received`` counts the bytes read from it."""
+    """One socket of a tunnel. ``received`` counts the bytes read from it; ``held`` is how
+    many of them the peer's transport has still to send."""
 
-    __slots__ = ("eof", "held", "on_made", "peer", "received", "transport", "tunnel")
+    __slots__ = (
+        "buffers",
+        "eof",
+        "fd",
+        "held",
+        "on_made",
+        "peer",
+        "received",
+        "transport",
+        "tunnel",
+    )
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel, buffers: Buffers) -> None:
         self.tunnel = tunnel
+        self.buffers = buffers
         self.peer: Pump = self
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.received = 0
         self.eof = False
-        # The buffer whose bytes the peer's transport is still sending; None when idle.
-        self.held: bytearray | None = None
+        self.held = 0
         # Run once when the transport is adopted, before the loop reads from it (the server
         # wires the tunnel there when the loop makes the upstream transport itself).
         self.on_made: Callable[[asyncio.Transport], None] | None = None
@@ -121,6 +139,8 @@ class Pump(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Adopt ``transport``; also called by the server for the client's socket."""
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         # Pause on any unsent byte and resume only when all are sent: see the module rules.
         self.transport.set_write_buffer_limits(0, 0)
         on_made = self.on_made
@@ -129,26 +149,41 @@ class Pump(asyncio.BufferedProtocol):
             on_made(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _buffers.view
+        return self.buffers.read_view()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.received += nbytes
-        peer = self.peer.transport
-        if peer is None:
-            return
-        if self.held is None:
-            peer.write(_buffers.view[:nbytes])
-        else:  # still sending an earlier read (reading was resumed by someone else): copy
-            peer.write(bytes(_buffers.view[:nbytes]))
+        self._send(self.buffers.view[:nbytes])
 
     def data_received(self, data: bytes) -> None:
         """Never called on a buffered protocol; defined because uvloop's set_protocol()
         keeps the previous protocol's ``data_received`` when the new one has none, and
         with it the whole handshake session (1.5 KiB per idle tunnel, measured)."""
         self.received += len(data)
-        peer = self.peer.transport
-        if peer is not None:
-            peer.write(data)
+        self._send(memoryview(data))
+
+    def _send(self, data: memoryview) -> None:
+        """Write ``data`` to the peer's socket; queue (a copy of) what it does not take."""
+        peer = self.peer
+        transport = peer.transport
+        if transport is None or transport.is_closing():
+            return  # the tunnel is closing: nobody will read these bytes
+        sent = 0
+        if peer.fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(peer.fd, data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                # Reset or broken: let the transport meet the error and close the tunnel.
+                transport.write(bytes(data))
+                return
+            if sent == len(data):
+                return
+        rest = bytes(data[sent:])
+        self.held += len(rest)
+        self.buffers.held += len(rest)
+        transport.write(rest)  # pauses us: see pause_writing
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -159,27 +194,26 @@ class Pump(asyncio.BufferedProtocol):
         return True  # keep our write side open for the peer's remaining bytes
 
     def pause_writing(self) -> None:
-        # Called from inside the peer's write: the bytes left over are in the current
-        # shared buffer, which now belongs to the peer until they are sent.
-        peer = self.peer
-        if peer.held is None:
-            peer.held = _buffers.take()
-        if peer.transport is not None:
-            peer.transport.pause_reading()
+        # Our transport did not send everything the peer read: stop the peer reading.
+        transport = self.peer.transport
+        if transport is not None:
+            transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer.held is not None:
-            _buffers.give(peer.held)
-            peer.held = None
+        self._release(peer)
         if peer.transport is not None:
             peer.transport.resume_reading()
 
+    def _release(self, pump: Pump) -> None:
+        """Give the budget back the bytes ``pump`` held (sent, or dropped with a socket)."""
+        self.buffers.held -= pump.held
+        pump.held = 0
+
     def connection_lost(self, exc: Exception | None) -> None:
-        # A buffer still held is left to the garbage collector, not the pool: the closed
-        # transport may keep a view of it until it is torn down.
-        self.held = None
-        self.peer.held = None
+        # What the peer read and our transport still held is gone with it. (What we read
+        # is in the peer's transport, which is closed below: its connection_lost counts it.)
+        self._release(self.peer)
         peer = self.peer.transport
         if peer is not None:
             peer.close()
