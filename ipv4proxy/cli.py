@@ -181,7 +181,7 @@ async def run(
     try:
         await proxy.start()
         if admin is not None:
-            await admin.start()
+            proxy.listening_also(await admin.start())
     except OSError as exc:
         log.error("cannot listen: %s", exc)  # noqa: TRY400 - the reason is the message
         await proxy.close()

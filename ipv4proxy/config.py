@@ -269,6 +269,22 @@ class LimitsConfig:
     max_connections_per_client: int = _setting(
         0, "connections open at once from one client address; 0: no bound but the total", _count
     )
+    # What every stalled tunnel together may hold: bytes read from one side that the other
+    # side's socket has not taken yet. 32 MiB lets 128 tunnels stall with a whole 256 KiB
+    # read each before reads shrink to a page; with 10,000 connections the worst case stays
+    # inside the sidecar's 256 Mi limit (README: "Memory bounds").
+    relay_memory: int = _setting(
+        32 * 1024 * 1024,
+        "bytes all tunnels together may hold for peers that read slowly; past it reads shrink",
+        _positive,
+    )
+    # What unfinished request heads together may hold: 512 heads of the largest size
+    # (max_head) at once. A real head arrives whole in one read and holds nothing.
+    handshake_memory: int = _setting(
+        16 * 1024 * 1024,
+        "bytes all unfinished requests together may hold; a request over it is refused (503)",
+        _positive,
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

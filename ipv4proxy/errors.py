@@ -62,6 +62,9 @@ class Failure(enum.Enum):
     # reply (waiting for the first byte would let the excess hold descriptors). The codes
     # are what a reply would carry.
     TOO_MANY_CONNECTIONS = ("TOO_MANY_CONNECTIONS", 503, S5_GENERAL, S4_REJECTED)
+    # Unfinished requests already hold limits.handshake_memory: a request that would hold
+    # more is refused rather than buffered (the client may try again at once).
+    OVERLOADED = ("OVERLOADED", 503, S5_GENERAL, S4_REJECTED)
     # A tunnel that moved no byte for limits.idle_timeout; mid-tunnel there is no reply.
     IDLE_TIMEOUT = ("IDLE_TIMEOUT", 408, S5_GENERAL, S4_REJECTED)
 

@@ -7,7 +7,11 @@ these credentials good (`credentials_ok`); may the request name this destination
 addresses may be dialed (`addresses`). The dialer is handed only the allowed addresses.
 
 Rules, in the order they are applied to a resolved address (`address`):
-1. the proxy's own listen addresses are always refused (a request to itself is a loop);
+1. a loop is always refused, whatever the other rules say: any address that reaches this
+   host (0.0.0.0/8, loopback, an address of one of its interfaces, a listen address) at
+   a port this process listens on (a proxy listener or the admin listener). Otherwise
+   ``CONNECT 0.0.0.0:3128`` opened with ``allow_cidrs: [0.0.0.0/0]`` nests tunnels into
+   the proxy itself (500 in one write, measured) or reaches /metrics through it;
 2. ``policy.deny_cidrs`` refuse;
 3. ``policy.allow_cidrs`` allow, even inside a special range (that is how one opens
    loopback, say, on purpose);
@@ -42,6 +46,9 @@ from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports, parse_user_
 __all__ = ["SPECIAL_RANGES", "Decision", "Policy", "require"]
 
 Network = ipaddress.IPv4Network
+
+# Addresses that always reach this host, whatever its interfaces are.
+_THIS_HOST = (Network("0.0.0.0/8"), Network("127.0.0.0/8"))
 
 # Destinations no egress proxy should reach unless told to (RFC 6890 special-purpose).
 SPECIAL_RANGES: tuple[tuple[str, Network], ...] = (
@@ -101,7 +108,9 @@ class Policy:
         "_deny_cidrs",
         "_deny_domains",
         "_digests",
+        "_local",
         "_own",
+        "_own_ports",
         "_ports",
     )
 
@@ -120,13 +129,18 @@ class Policy:
         pairs = [parse_user_line(line) for line in config.auth.users] + list(users)
         self._digests = tuple(_digest(user, password) for user, password in pairs)
         self._own: frozenset[tuple[str, int]] = frozenset()
+        self._own_ports: frozenset[int] = frozenset()
+        self._local: frozenset[str] = frozenset()
         # (address, port) -> its Decision: the rules walk a dozen networks per address, and
         # a sidecar sees the same few destinations over and over. Bounded; cleared when full.
         self._address_decisions: dict[tuple[str, int], Decision] = {}
 
-    def listening_on(self, addresses: Iterable[tuple[str, int]]) -> None:
-        """Record the bound listen addresses (a wildcard host stands for any address)."""
+    def listening_on(self, addresses: Iterable[tuple[str, int]], local: Iterable[str] = ()) -> None:
+        """Record the bound listen addresses (proxy and admin listeners) and this host's
+        interface addresses (``local``): a request that reaches them is a loop."""
         self._own = frozenset(addresses)
+        self._own_ports = frozenset(port for _, port in self._own)
+        self._local = frozenset(local)
         self._address_decisions.clear()
 
     # who may connect
@@ -223,10 +237,17 @@ class Policy:
 
     def _address(self, address: str, port: int) -> Decision:
         ip = ipaddress.IPv4Address(address)
-        for host, listen_port in self._own:
-            if port == listen_port and host in (address, "0.0.0.0"):  # noqa: S104
-                rule = "own listen address"
-                return Decision(False, rule, f"{address}:{port} is this proxy's {rule}")
+        if port in self._own_ports and (
+            address in self._local
+            or any(ip in network for network in _THIS_HOST)
+            or any(host == address for host, _ in self._own)
+        ):
+            rule = "own listen address"
+            return Decision(
+                False,
+                rule,
+                f"{address}:{port} reaches an own listen address of this proxy (a loop)",
+            )
         for rule, network in self._deny_cidrs:
             if ip in network:
                 return Decision(False, rule, f"{address} is refused by {rule}")

@@ -23,6 +23,7 @@ __all__ = [
     "domain_matches",
     "domain_problem",
     "is_loopback_host",
+    "local_addresses",
     "parse_cidr",
     "parse_ports",
     "parse_user_line",
@@ -135,3 +136,18 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def local_addresses(fib_trie: str) -> frozenset[str]:
+    """The IPv4 addresses of this host's interfaces, from Linux's /proc/net/fib_trie text:
+    each ``|-- ADDRESS`` line followed by a ``/32 host LOCAL`` line (secondary addresses
+    and every interface included, which the SIOCGIFCONF ioctl would miss)."""
+    found: set[str] = set()
+    last = ""
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|-- "):
+            last = text[4:]
+        elif text.startswith("/32 host LOCAL") and last:
+            found.add(last)
+    return frozenset(found)

@@ -13,8 +13,11 @@ Rules:
   the log gets one ``tunnel`` line naming the cause. Nothing else is sent or logged for it.
 - Phases have their own clocks: handshake_timeout until the request is complete, then the
   resolver's and the dialer's own timeouts, then idle_timeout on the open tunnel.
-- Bounds (``limits``): connections over max_connections (or max_connections_per_client
-  from one address) are closed at accept, with no reply and one log line. Idle tunnels
+- Bounds (``limits``): a client address outside the listener's ``clients``, and
+  connections over max_connections (or max_connections_per_client from one address), are
+  closed at accept, with no reply and one log line; the first is never counted. Bytes of
+  unfinished requests count against handshake_memory (a request that would go over it is
+  refused with 503); held relay bytes against relay_memory (``net.relay``). Idle tunnels
   are found by one sweep per process, not a timer per tunnel or per read: every tenth of
   idle_timeout it compares each tunnel's byte counters with the last sweep's.
 - A session takes the Proxy's configuration and policy when it is accepted and keeps them:
@@ -36,10 +39,10 @@ from collections.abc import Sequence
 from typing import cast
 
 from ipv4proxy.config import Config
-from ipv4proxy.errors import ConfigError, Failure, PolicyDenied, ProtocolError, ProxyError
+from ipv4proxy.errors import ConfigError, Failure, ProtocolError, ProxyError
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
-from ipv4proxy.net.relay import Tunnel, tune_socket
+from ipv4proxy.net.relay import Buffers, Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.net.upstream import DIRECT, Route, Upstream
 from ipv4proxy.policy import Policy, require
@@ -52,6 +55,7 @@ from ipv4proxy.protocols import (
     Send,
     new_handshake,
 )
+from ipv4proxy.rules import local_addresses
 
 __all__ = ["Proxy", "Session"]
 
@@ -71,6 +75,17 @@ def _address(peer: object) -> str:
 # After the tunnels are cut at the end of a drain, how long to wait for their close
 # callbacks (access lines, metrics) and for the listeners to finish closing.
 _CLOSE_SECONDS = 2.0
+
+
+def _local_addresses(path: str = "/proc/net/fib_trie") -> frozenset[str]:
+    """This host's IPv4 interface addresses (Linux); none when the file cannot be read, and
+    the loop guard then knows only 0.0.0.0/8, loopback and the listen addresses."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return local_addresses(file.read())
+    except OSError as exc:
+        log.warning("cannot read %s (%s): the loop guard knows loopback only", path, exc)
+        return frozenset()
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -101,9 +116,13 @@ class Proxy:
         self.resolver = resolver if resolver is not None else self._resolver(config)
         self.policy = policy if policy is not None else Policy(config)
         self.upstream = Upstream(config, self.resolver)
+        self.buffers = Buffers(config.limits.relay_memory)
+        # Bytes held by the handshakes of sessions whose request is not complete yet.
+        self.handshake_bytes = 0
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
         self._bound: list[tuple[str, int]] = []
+        self._local: frozenset[str] = frozenset()
         self.connections = 0
         self.per_client: dict[str, int] = {}
         # Open tunnels -> [bytes moved at the last sweep, loop time they last changed].
@@ -175,8 +194,9 @@ class Proxy:
                 bound.append((host, port))
                 address = _address((host, port))
                 lifecycle(log, "listening", f"listening on {address}", address=address)
-        self._bound = bound
-        self.policy.listening_on(bound)
+        self._bound = list(bound)
+        self._local = _local_addresses()
+        self.policy.listening_on(self._bound, self._local)
         self._sweeper = self.loop.call_later(self.config.limits.idle_timeout / 10, self._sweep)
         self.listening = True
         self.metrics.ready.set(1)
@@ -190,11 +210,17 @@ class Proxy:
         if config.admin != self.config.admin:
             raise ConfigError("admin.listen cannot change on reload; restart")
         policy = policy if policy is not None else Policy(config)
-        policy.listening_on(self._bound)
+        policy.listening_on(self._bound, self._local)
         if config.resolver != self.config.resolver:
             self.resolver = self._resolver(config)  # open lookups finish on the old one
         self.upstream = self.upstream.reconfigured(config, self.resolver)
+        self.buffers.budget = config.limits.relay_memory
         self.config, self.policy = config, policy
+
+    def listening_also(self, address: tuple[str, int]) -> None:
+        """Another listener of this process (the admin one): requests to it are loops too."""
+        self._bound.append(address)
+        self.policy.listening_on(self._bound, self._local)
 
     async def drain(self, grace: float, force: asyncio.Event) -> int:
         """Stop accepting, wait up to ``grace`` seconds (or until ``force`` is set) for the
@@ -353,8 +379,9 @@ class Session(asyncio.Protocol):
         self.client = "-"
         self.host = "-"  # the client's address, without the port: what limits count
         self.counted = False
-        self.denied: PolicyDenied | None = None
         self.handshake: Handshake | None = None
+        # Bytes fed to the handshake while the request is not complete (`_hold`).
+        self.held = 0
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         # While the tunnel is being opened: what `_made` wires, and the route dialled.
@@ -369,17 +396,20 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = _address(peer)
         self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        # Refused before it is counted, and closed with no reply (no handshake yet): a
+        # client outside the listener's clients never takes a slot or waits for a byte.
+        decision = self.policy.client(self.listener, self.host)
+        if not decision.allowed:
+            self._refuse(decision.error(), "-")
+            return
         over = self.proxy.admit(self.host)
         if over is not None:
             error = ProxyError(
                 f"too many connections: {over}", failure=Failure.TOO_MANY_CONNECTIONS
             )
-            self._refuse(error, "-")  # no handshake yet: closed with no reply
+            self._refuse(error, "-")
             return
         self.counted = True
-        decision = self.policy.client(self.listener, self.host)
-        if not decision.allowed:
-            self.denied = decision.error()  # answered in the client's protocol, first byte
         timeout = self.config.limits.handshake_timeout
         self.timer = self.proxy.loop.call_later(timeout, self._handshake_timeout)
 
@@ -398,18 +428,40 @@ class Session(asyncio.Protocol):
                 require_auth=self.policy.auth_required,
             )
             self.handshake = handshake
-            if self.denied is not None:
-                self._refuse(self.denied, handshake.protocol)
-                return
         try:
             self._act(handshake, handshake.feed(data))
         except ProtocolError as exc:
             self._refuse(exc, handshake.protocol, handshake.target)
+            return
+        if self.task is None and not self.transport.is_closing():
+            self._hold(len(data), handshake)
+
+    def _hold(self, nbytes: int, handshake: Handshake) -> None:
+        """Count ``nbytes`` more of an unfinished request against limits.handshake_memory;
+        refuse the request that would go over it. A request that arrives whole (the usual
+        case) completes in one feed and is never counted."""
+        proxy = self.proxy
+        budget = self.config.limits.handshake_memory
+        if proxy.handshake_bytes + nbytes > budget:
+            error = ProxyError(
+                f"unfinished requests hold {proxy.handshake_bytes} bytes"
+                f" (limits.handshake_memory {budget}): try again",
+                failure=Failure.OVERLOADED,
+            )
+            self._refuse(error, handshake.protocol, handshake.target)
+            return
+        self.held += nbytes
+        proxy.handshake_bytes += nbytes
+
+    def _unhold(self) -> None:
+        self.proxy.handshake_bytes -= self.held
+        self.held = 0
 
     def eof_received(self) -> bool:
         return False  # a client that ends before its request is complete is done
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._unhold()
         if self.timer is not None:
             self.timer.cancel()
         if self.task is not None:
@@ -434,6 +486,7 @@ class Session(asyncio.Protocol):
                     return
                 pending.extend(handshake.feed(b""))
             elif isinstance(item, Connect | Forward):
+                self._unhold()  # the handshake has handed its bytes over
                 if self.timer is not None:
                     self.timer.cancel()
                 self.transport.pause_reading()
@@ -503,7 +556,7 @@ class Session(asyncio.Protocol):
             target=target,
             started=proxy.loop.time(),
         )
-        tunnel = Tunnel(closed)
+        tunnel = Tunnel(closed, proxy.buffers)
         pump = tunnel.upstream
         # The tunnel is wired when the upstream transport exists, before it is read from
         # (`_made`), whichever way the transport was made.
@@ -592,7 +645,7 @@ class Session(asyncio.Protocol):
         if first:
             tunnel.client.received += len(first)
             upstream.write(first)
-        # If the destination did not take the first bytes whole, the write paused the client
-        # (the pump holds a buffer): its resume_writing resumes it, not us.
-        if tunnel.client.held is None:
+        # If the destination did not take the first bytes whole, the write paused the client:
+        # the upstream pump's resume_writing resumes it, not us.
+        if not upstream.get_write_buffer_size():
             client.resume_reading()

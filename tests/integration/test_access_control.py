@@ -224,22 +224,24 @@ async def test_default_policy_refuses_loopback_and_odd_ports() -> None:
         await proxy.close()
 
 
-async def test_client_outside_the_listener_cidrs_is_refused() -> None:
+async def test_client_outside_the_listener_cidrs_is_closed_at_accept() -> None:
+    """A refused address is closed at once, before any byte, and never takes a slot: with
+    every slot's worth of refused sockets held open, the allowed client still gets in."""
+    slots = 20
     config = load(
         "listeners: [{host: 127.0.0.1, port: 0, clients: [127.0.0.2/32]}]\n"
+        f"limits: {{max_connections: {slots}}}\n"
         "resolver: {hosts_file: /dev/null}"
     )
     proxy = Proxy(config, Resolver(config.resolver), Policy(config))
     (_, port), *_ = await proxy.start()
+    refused = []
     try:
-        tunnel, reply = await http_connect(port, "example.com:443")
-        await tunnel.close()
-        assert reply.status == 403, reply
-        assert "client 127.0.0.1 is not allowed by listeners[0].clients" in reply.body_text
-        s5 = await open_tunnel_socket(port)
-        s5.writer.write(b"\x05\x01\x00")
-        assert await s5.read_exactly(2) == b"\x05\xff"
-        await s5.close()
+        for _ in range(slots * 5):
+            refused.append(await open_tunnel_socket(port))
+        for tunnel in refused:  # closed by the proxy with no reply, before any byte is sent
+            assert await tunnel.read_to_eof() == b""
+        assert (proxy.connections, proxy.per_client) == (0, {})
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, local_addr=("127.0.0.2", 0)
         )
@@ -249,4 +251,6 @@ async def test_client_outside_the_listener_cidrs_is_refused() -> None:
         writer.close()
         assert answer == b"\x05\x00"  # 127.0.0.2 is in the list: the greeting is accepted
     finally:
+        for tunnel in refused:
+            await tunnel.close()
         await proxy.close()

@@ -22,6 +22,7 @@ KEEPS_STATUS = {
     Failure.AUTH_REQUIRED: "the client must see the 407 challenge to authenticate",
     Failure.TOO_MANY_CONNECTIONS: "refused before any request: there is nothing to answer",
     Failure.IDLE_TIMEOUT: "ends a tunnel, never a request",
+    Failure.OVERLOADED: "refused before the request is complete: nothing was dialled",
 }
 
 

@@ -14,7 +14,7 @@ from ipv4proxy.config import load
 from ipv4proxy.errors import ConfigError, Failure, PolicyDenied
 from ipv4proxy.policy import SPECIAL_RANGES, Policy, require
 from ipv4proxy.protocols import Destination, HostKind
-from ipv4proxy.rules import domain_matches, parse_ports, parse_users
+from ipv4proxy.rules import domain_matches, local_addresses, parse_ports, parse_users
 
 NAME, IPV4 = HostKind.NAME, HostKind.IPV4
 REPO = Path(__file__).resolve().parents[2]
@@ -131,8 +131,32 @@ def test_own_listen_address_refused_even_when_loopback_is_open() -> None:
     assert p.address("127.0.0.1", 3128).rule == "own listen address"
     assert p.address("127.0.0.1", 3129).allowed
     wildcard = policy("policy: {allow_cidrs: [10.0.0.0/8]}")
-    wildcard.listening_on([("0.0.0.0", 3128)])
+    wildcard.listening_on([("0.0.0.0", 3128)], local={"10.0.0.5"})
     assert not wildcard.address("10.0.0.5", 3128).allowed
+    assert wildcard.address("10.0.0.6", 3128).allowed  # another host's proxy: no loop
+
+
+@pytest.mark.parametrize(
+    ("address", "port"),
+    [
+        ("0.0.0.0", 3128),  # "this host" in a destination: the kernel connects to itself
+        ("0.1.2.3", 3128),
+        ("127.0.0.1", 3128),
+        ("127.9.9.9", 3128),  # all of 127/8 reaches a wildcard or loopback listener
+        ("192.0.2.2", 3128),  # an interface address
+        ("127.0.0.1", 9128),  # the admin listener: /metrics through the proxy
+        ("192.0.2.2", 9128),
+    ],
+)
+def test_a_loop_is_refused_even_when_every_address_is_open(address: str, port: int) -> None:
+    p = policy("policy: {allow_cidrs: [0.0.0.0/0], ports: ['1-65535']}")
+    p.listening_on([("0.0.0.0", 3128), ("127.0.0.1", 9128)], local={"127.0.0.1", "192.0.2.2"})
+    decision = p.address(address, port)
+    assert (decision.allowed, decision.rule) == (False, "own listen address")
+    assert (
+        decision.reason == f"{address}:{port} reaches an own listen address of this proxy (a loop)"
+    )
+    assert p.address(address, 3129).allowed  # another port of this host: opened on purpose
 
 
 def test_a_name_is_dialed_only_at_its_allowed_addresses() -> None:
@@ -318,3 +342,35 @@ def test_whatsapp_example_loads() -> None:
     assert not p.destination(Destination("example.com", 443, NAME)).allowed
     assert not p.destination(Destination("web.whatsapp.com", 22, NAME)).allowed
     assert not p.address("169.254.169.254", 443).allowed
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+           |-- 192.0.2.7
+              /32 host LOCAL
+"""
+
+
+def test_local_addresses_are_the_host_local_entries_of_fib_trie() -> None:
+    assert local_addresses(FIB_TRIE) == {"127.0.0.1", "192.0.2.2", "192.0.2.7"}
+    assert local_addresses("") == frozenset()
+
+
+def test_this_machines_own_addresses_are_read() -> None:
+    """The file the server reads at start exists here and lists loopback at least."""
+    assert "127.0.0.1" in local_addresses(Path("/proc/net/fib_trie").read_text())

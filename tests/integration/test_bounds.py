@@ -1,0 +1,143 @@
+"""Bounds a client cannot talk its way past: unfinished requests share one memory budget,
+and a request that would loop back into this proxy is refused whatever the policy opens.
+
+Relay memory (stalled tunnels) is tested in test_relay.py; refused client addresses in
+test_access_control.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.proxy import ProxyFactory, ProxyProcess
+from helpers.servers import TestServers
+from helpers.wire import http_connect, open_tunnel_socket
+from ipv4proxy.config import load
+from ipv4proxy.net.resolver import Resolver
+from ipv4proxy.policy import Policy
+from ipv4proxy.rules import local_addresses
+from ipv4proxy.server import Proxy
+
+KIB = 1024
+BUDGET = 64 * KIB
+PIECE = 20 * KIB  # an unfinished head: no CRLF CRLF yet
+
+
+async def test_unfinished_heads_share_one_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """Three 20 KiB unfinished heads fit a 64 KiB budget, the fourth is refused with 503;
+    a request that arrives whole is never counted, so it still gets its answer."""
+    caplog.set_level(logging.INFO, logger="ipv4proxy.access")
+    config = load(
+        "listeners: [{host: 127.0.0.1, port: 0}]\n"
+        f"limits: {{handshake_memory: {BUDGET}, handshake_timeout: 30}}\n"
+        "http: {connect_failure: status}\n"
+        "resolver: {hosts_file: /dev/null, resolv_conf: /dev/null}"
+    )
+    proxy = Proxy(config, Resolver(config.resolver, hosts={}), Policy(config))
+    (_, port), *_ = await proxy.start()
+    slow = []
+    try:
+        head = b"GET http://example.com/ HTTP/1.1\r\nX-Pad: " + b"a" * PIECE
+        for _ in range(3):
+            tunnel = await open_tunnel_socket(port)
+            tunnel.writer.write(head)
+            slow.append(tunnel)
+        for _ in range(50):  # bounded wait until the proxy has read all three
+            if proxy.handshake_bytes >= 3 * len(head):
+                break
+            await asyncio.sleep(0.05)
+        assert proxy.handshake_bytes == 3 * len(head)
+        over = await open_tunnel_socket(port)
+        over.writer.write(head)
+        reply = await over.read_to_eof()
+        await over.close()
+        assert reply.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), reply
+        assert b"limits.handshake_memory 65536" in reply
+        assert proxy.handshake_bytes == 3 * len(head)
+        # Whole in one read: answered (here 403, the port is not allowed), not refused as 503.
+        tunnel, answer = await http_connect(port, "example.com:8080")
+        await tunnel.close()
+        assert answer.status == 403, answer
+    finally:
+        for tunnel in slow:
+            await tunnel.close()
+        for _ in range(50):
+            if not proxy.handshake_bytes:
+                break
+            await asyncio.sleep(0.05)
+        assert proxy.handshake_bytes == 0
+        await proxy.close()
+    outcomes = [r.getMessage() for r in caplog.records if r.name == "ipv4proxy.access"]
+    assert sum("outcome=OVERLOADED" in line for line in outcomes) == 1
+
+
+@pytest.fixture(scope="module")
+def open_proxy(
+    proxy_factory: ProxyFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
+    """A proxy that allows every address and port, with a name that resolves to 0.0.0.0."""
+    hosts = Path(tmp_path_factory.mktemp("loop")) / "hosts"
+    hosts.write_text("0.0.0.0 zero.loop.test\n127.0.0.5 lo.loop.test\n")
+    process = proxy_factory(("--hosts-file", str(hosts), "--policy-allow-cidrs", "0.0.0.0/0"))
+    yield process
+    process.stop()
+
+
+def _this_hosts_other_address() -> str:
+    """An address of one of this machine's interfaces other than loopback, if it has one."""
+    others = sorted(
+        a
+        for a in local_addresses(Path("/proc/net/fib_trie").read_text())
+        if not a.startswith("127.")
+    )
+    return others[0] if others else "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "0.0.0.0:{port}",
+        "0.0.0.1:{port}",
+        "127.0.0.1:{port}",
+        "127.3.2.1:{port}",
+        "zero.loop.test:{port}",
+        "lo.loop.test:{port}",
+        "{local}:{port}",
+        "127.0.0.1:{admin}",
+        "0.0.0.0:{admin}",
+    ],
+)
+async def test_a_loop_is_refused_whatever_the_spelling(
+    open_proxy: ProxyProcess, servers: TestServers, target: str
+) -> None:
+    address = target.format(
+        port=open_proxy.port, admin=open_proxy.admin_port, local=_this_hosts_other_address()
+    )
+    tunnel, reply = await http_connect(open_proxy.port, address)
+    await tunnel.close()
+    assert reply.status == 403, reply
+    assert "own listen address of this proxy (a loop)" in reply.body_text
+    # The same addresses at another port are what allow_cidrs 0.0.0.0/0 opened on purpose.
+    echo, answer = await http_connect(open_proxy.port, f"127.0.0.1:{servers.echo_port}")
+    await echo.close()
+    assert answer.status == 200, answer
+
+
+async def test_nested_connects_in_one_write_open_nothing(open_proxy: ProxyProcess) -> None:
+    """500 CONNECTs to the proxy itself in one write: one refusal, no tunnel, no chain."""
+    since = open_proxy.mark()
+    tunnel = await open_tunnel_socket(open_proxy.port)
+    hop = f"CONNECT 0.0.0.0:{open_proxy.port} HTTP/1.1\r\n\r\n".encode()
+    tunnel.writer.write(hop * 500)
+    reply = await tunnel.read_to_eof()
+    await tunnel.close()
+    assert reply.startswith(b"HTTP/1.1 403 Forbidden\r\n"), reply
+    line = open_proxy.wait_for_access(since, target=f"0.0.0.0:{open_proxy.port}")
+    assert line["outcome"] == "DENIED"
+    logged = [text for text in open_proxy.logs()[since:] if " tunnel client=" in text]
+    assert len(logged) == 1, logged
