@@ -42,6 +42,7 @@ from ipv4proxy.config import Config
 from ipv4proxy.errors import ConfigError, Failure, ProtocolError, ProxyError
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
+from ipv4proxy.net import heap
 from ipv4proxy.net.relay import Buffers, Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.net.upstream import DIRECT, Route, Upstream
@@ -71,6 +72,11 @@ def _address(peer: object) -> str:
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return "-"
 
+
+# Memory is given back (`heap.trim`) once open connections fall to half of a peak of at
+# least this many, a second after they do: a burst worth the trouble, trimmed once.
+_TRIM_PEAK = 256
+_TRIM_DELAY = 1.0
 
 # After the tunnels are cut at the end of a drain, how long to wait for their close
 # callbacks (access lines, metrics) and for the listeners to finish closing.
@@ -125,6 +131,9 @@ class Proxy:
         self._local: frozenset[str] = frozenset()
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        # The most connections open since the heap was last trimmed, and the trim to come.
+        self._peak = 0
+        self._trim: asyncio.TimerHandle | None = None
         # Open tunnels -> [bytes moved at the last sweep, loop time they last changed].
         self.tunnels: dict[Tunnel, list[float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -152,6 +161,7 @@ class Proxy:
             return f"{per_client} connections open from {host} (limits.max_connections_per_client)"
         self.connections += 1
         self.per_client[host] = per_client + 1
+        self._peak = max(self._peak, self.connections)
         return None
 
     def release(self, host: str) -> None:
@@ -159,6 +169,14 @@ class Proxy:
         left = self.per_client.pop(host, 1) - 1
         if left > 0:
             self.per_client[host] = left
+        if self._peak >= _TRIM_PEAK and self.connections <= self._peak // 2 and self._trim is None:
+            self._trim = self.loop.call_later(_TRIM_DELAY, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        """Give back what a burst left in the heap (see `net.heap`)."""
+        self._trim = None
+        self._peak = self.connections
+        heap.trim()
 
     def _sweep(self) -> None:
         """Abort tunnels that moved no byte for idle_timeout; re-arm. O(open tunnels)."""
@@ -293,6 +311,8 @@ class Proxy:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
         for server in self._servers:
             server.close()
         for server in self._servers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
 from helpers.wire import http_connect, open_tunnel_socket
+from ipv4proxy import server
 from ipv4proxy.config import load
+from ipv4proxy.net import heap
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.policy import Policy
 from ipv4proxy.rules import local_addresses
@@ -141,3 +144,47 @@ async def test_nested_connects_in_one_write_open_nothing(open_proxy: ProxyProces
     assert line["outcome"] == "DENIED"
     logged = [text for text in open_proxy.logs()[since:] if " tunnel client=" in text]
     assert len(logged) == 1, logged
+
+
+async def test_the_heap_is_trimmed_once_after_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When open connections fall to half of a peak worth the trouble, the heap is trimmed
+    once, shortly after, and not again until the next burst."""
+    calls: list[int] = []
+    monkeypatch.setattr(server, "_TRIM_PEAK", 8)
+    monkeypatch.setattr(server, "_TRIM_DELAY", 0.05)
+
+    def trim() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(heap, "trim", trim)
+    config = load(
+        "listeners: [{host: 127.0.0.1, port: 0}]\n"
+        "resolver: {hosts_file: /dev/null, resolv_conf: /dev/null}"
+    )
+    proxy = Proxy(config, Resolver(config.resolver, hosts={}), Policy(config))
+    (_, port), *_ = await proxy.start()
+    try:
+        for burst in (1, 2):
+            tunnels = [await open_tunnel_socket(port) for _ in range(8)]
+            for _ in range(50):  # bounded wait until the proxy has accepted them all
+                if proxy.connections == 8:
+                    break
+                await asyncio.sleep(0.02)
+            assert proxy.connections == 8
+            for tunnel in tunnels:
+                await tunnel.close()
+            for _ in range(50):
+                if len(calls) == burst:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # a second trim would have come by now
+            assert len(calls) == burst
+    finally:
+        await proxy.close()
+
+
+def test_malloc_trim_is_found_on_glibc() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not a glibc system: malloc_trim is absent and trim() is a no-op")
+    assert heap.trim() is True
