@@ -126,6 +126,24 @@ class Blackhole:
         self.close()
 
 
+def black_hole_beside_listener(host: str) -> tuple[Blackhole, socket.socket]:
+    """A black hole on 127.0.0.1 and a listener on ``host`` at the same port. The port is
+    free on 127.0.0.1 but may be taken on ``host`` (another test's connection): try again,
+    a few times at most."""
+    for _ in range(10):
+        hole = Blackhole()
+        alive = socket.socket()
+        try:
+            alive.bind((host, hole.port))
+        except OSError:
+            alive.close()
+            hole.close()
+            continue
+        alive.listen(4)
+        return hole, alive
+    raise AssertionError(f"no port free on both 127.0.0.1 and {host} in 10 tries")
+
+
 def ipv6_loopback_available() -> bool:
     """Tell whether a socket can be bound to [::1] here (some containers disable IPv6)."""
     if not socket.has_ipv6:

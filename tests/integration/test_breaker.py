@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers.net import Blackhole, loopback_listener
+from helpers.net import black_hole_beside_listener, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, UpstreamTimeout
 from ipv4proxy.net.dialer import Dialer, tcp_connect
@@ -98,24 +98,6 @@ async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.s
     assert dialer.breaker.state(f"127.0.0.3:{port}") == "closed"
 
 
-def _black_hole_beside_listener(host: str) -> tuple[Blackhole, socket.socket]:
-    """A black hole on 127.0.0.1 and a listener on ``host`` at the same port. The port is
-    free on 127.0.0.1 but may be taken on ``host`` (another test's connection): try again,
-    a few times at most."""
-    for _ in range(10):
-        hole = Blackhole()
-        alive = socket.socket()
-        try:
-            alive.bind((host, hole.port))
-        except OSError:
-            alive.close()
-            hole.close()
-            continue
-        alive.listen(4)
-        return hole, alive
-    raise AssertionError(f"no port free on both 127.0.0.1 and {host} in 10 tries")
-
-
 async def test_black_hole_opens_and_then_costs_nothing() -> None:
     """A black hole listed first: three timeouts open it, then the next address is dialled
     at once instead of after a timeout."""
@@ -125,7 +107,7 @@ async def test_black_hole_opens_and_then_costs_nothing() -> None:
         attempt_delay=5.0, connect_timeout=0.3, breaker_failures=3, breaker_cooldown=30.0
     )
     dialer = Dialer(config, clock=clock)
-    hole, alive = _black_hole_beside_listener("127.0.0.2")
+    hole, alive = black_hole_beside_listener("127.0.0.2")
     with hole, alive:
         addresses = ["127.0.0.1", "127.0.0.2"]  # .1 drops SYNs, .2 accepts
         for index in range(3):

@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from helpers.net import loopback_listener
+from helpers.net import black_hole_beside_listener, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, Failure, UpstreamTimeout
 from ipv4proxy.net.dialer import Dialer, dial
@@ -75,12 +75,10 @@ async def test_next_address_starts_at_once_after_a_refusal(listener: socket.sock
         assert address == "127.0.0.1"
 
 
-async def test_black_hole_then_good_address_wins_the_race(black_hole: int) -> None:
-    good = socket.socket()
-    good.bind(("127.0.0.2", black_hole))  # same port, another loopback address
-    good.listen(4)
-    with good:
-        sock, address = await dial(["127.0.0.1", "127.0.0.2"], black_hole, FAST)
+async def test_black_hole_then_good_address_wins_the_race() -> None:
+    hole, good = black_hole_beside_listener("127.0.0.2")  # same port, another loopback address
+    with hole, good:
+        sock, address = await dial(["127.0.0.1", "127.0.0.2"], hole.port, FAST)
         with sock:
             assert address == "127.0.0.2"
 
