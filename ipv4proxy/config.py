@@ -138,6 +138,14 @@ class LogConfig:
     format: str = _setting(
         "text", "text (key=value lines) or json (one object a line)", _one_of("text", "json")
     )
+    # A refusal line costs a client one TCP handshake. 100 a second per cause keeps every
+    # real client's errors visible (a gateway's reconnect loop is a few a second) while a
+    # flood costs at most ~20 KB/s of log per cause; the rest are counted in one line.
+    refusals_per_second: int = _setting(
+        100,
+        "refusal lines logged per second for each cause; the rest are counted; 0: no bound",
+        _count,
+    )
 
 
 def _listen_or_off(value: str) -> str | None:

@@ -40,6 +40,7 @@ from typing import cast
 
 from ipv4proxy.config import Config
 from ipv4proxy.errors import ConfigError, Failure, ProtocolError, ProxyError
+from ipv4proxy.linebudget import LineBudget
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net import heap
@@ -131,6 +132,8 @@ class Proxy:
         self._local: frozenset[str] = frozenset()
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        self.refusal_lines = LineBudget(config.log.refusals_per_second)
+        self._summary: asyncio.TimerHandle | None = None
         # The most connections open since the heap was last trimmed, and the trim to come.
         self._peak = 0
         self._trim: asyncio.TimerHandle | None = None
@@ -177,6 +180,20 @@ class Proxy:
         self._trim = None
         self._peak = self.connections
         heap.trim()
+
+    def refusal_logged(self, cause: str) -> bool:
+        """Take a refusal line for ``cause`` from the log budget; when it is spent, count the
+        line for the summary that ends the window instead."""
+        if self.refusal_lines.take(cause, self.loop.time()):
+            return True
+        if self._summary is None:
+            self._summary = self.loop.call_later(1.0, self._log_suppressed)
+        return False
+
+    def _log_suppressed(self) -> None:
+        self._summary = None
+        for cause, count in self.refusal_lines.take_suppressed().items():
+            event(access, "refusals-suppressed", logging.WARNING, outcome=cause, count=count)
 
     def _sweep(self) -> None:
         """Abort tunnels that moved no byte for idle_timeout; re-arm. O(open tunnels)."""
@@ -233,6 +250,7 @@ class Proxy:
             self.resolver = self._resolver(config)  # open lookups finish on the old one
         self.upstream = self.upstream.reconfigured(config, self.resolver)
         self.buffers.budget = config.limits.relay_memory
+        self.refusal_lines.per_second = config.log.refusals_per_second
         self.config, self.policy = config, policy
 
     def listening_also(self, address: tuple[str, int]) -> None:
@@ -313,6 +331,9 @@ class Proxy:
             self._sweeper.cancel()
         if self._trim is not None:
             self._trim.cancel()
+        if self._summary is not None:
+            self._summary.cancel()
+            self._log_suppressed()
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -552,6 +573,8 @@ class Session(asyncio.Protocol):
             self.transport.write(handshake.error_reply(error))
         self.transport.close()
         self.proxy.metrics.refused(error)  # ops
+        if not self.proxy.refusal_logged(error.failure.cause):
+            return
         event(
             access,
             "tunnel",

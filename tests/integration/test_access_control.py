@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -224,15 +225,19 @@ async def test_default_policy_refuses_loopback_and_odd_ports() -> None:
         await proxy.close()
 
 
-async def test_client_outside_the_listener_cidrs_is_closed_at_accept() -> None:
+async def test_client_outside_the_listener_cidrs_is_closed_at_accept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A refused address is closed at once, before any byte, and never takes a slot: with
     every slot's worth of refused sockets held open, the allowed client still gets in."""
     slots = 20
     config = load(
         "listeners: [{host: 127.0.0.1, port: 0, clients: [127.0.0.2/32]}]\n"
         f"limits: {{max_connections: {slots}}}\n"
+        "log: {refusals_per_second: 7}\n"
         "resolver: {hosts_file: /dev/null}"
     )
+    caplog.set_level(logging.INFO, logger="ipv4proxy.access")
     proxy = Proxy(config, Resolver(config.resolver), Policy(config))
     (_, port), *_ = await proxy.start()
     refused = []
@@ -253,4 +258,14 @@ async def test_client_outside_the_listener_cidrs_is_closed_at_accept() -> None:
     finally:
         for tunnel in refused:
             await tunnel.close()
-        await proxy.close()
+        await proxy.close()  # logs the summary of the window still open
+    # The log took its budget of refusal lines; the rest are one count (per window).
+    lines = [r.getMessage() for r in caplog.records if r.name == "ipv4proxy.access"]
+    denied = [line for line in lines if line.startswith("tunnel ") and "outcome=DENIED" in line]
+    counted = [
+        int(line.rsplit("count=", 1)[1])
+        for line in lines
+        if line.startswith("refusals-suppressed outcome=DENIED")
+    ]
+    assert 7 <= len(denied) < slots * 5
+    assert len(denied) + sum(counted) == slots * 5
