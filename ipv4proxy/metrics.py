@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -98,6 +99,22 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("ipv4proxy_ready", "1 when listening and not draining", registry=r)
+        # Read when /metrics is scraped (`watch`), never updated per connection or read.
+        self.connections_open = Gauge(
+            "ipv4proxy_connections_open",
+            "Client connections open now (bounded by limits.max_connections)",
+            registry=r,
+        )
+        self.relay_held = Gauge(
+            "ipv4proxy_relay_held_bytes",
+            "Bytes tunnels hold for peers that read slowly (bounded by limits.relay_memory)",
+            registry=r,
+        )
+        self.handshake_held = Gauge(
+            "ipv4proxy_handshake_held_bytes",
+            "Bytes unfinished requests hold (bounded by limits.handshake_memory)",
+            registry=r,
+        )
         # Series that exist from the start read 0 instead of being absent, so rate() and
         # alerts work before the first event.
         for result in LOOKUP_RESULTS:
@@ -115,6 +132,17 @@ class Metrics:
         self._closed: dict[tuple[str, str], Counter] = {}
         self._sent = self.bytes.labels("sent")
         self._received = self.bytes.labels("received")
+
+    def watch(
+        self,
+        connections: Callable[[], float],
+        relay_held: Callable[[], float],
+        handshake_held: Callable[[], float],
+    ) -> None:
+        """Where the gauges of what the proxy holds read their values at scrape time."""
+        self.connections_open.set_function(connections)
+        self.relay_held.set_function(relay_held)
+        self.handshake_held.set_function(handshake_held)
 
     def tunnel_opened(self, protocol: str, connect_seconds: float) -> None:
         child = self._opened.get(protocol)

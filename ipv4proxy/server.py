@@ -132,6 +132,11 @@ class Proxy:
         self._local: frozenset[str] = frozenset()
         self.connections = 0
         self.per_client: dict[str, int] = {}
+        self.metrics.watch(
+            lambda: self.connections,
+            lambda: self.buffers.held,
+            lambda: self.handshake_bytes,
+        )
         self.refusal_lines = LineBudget(config.log.refusals_per_second)
         self._summary: asyncio.TimerHandle | None = None
         # The most connections open since the heap was last trimmed, and the trim to come.

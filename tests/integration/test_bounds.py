@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.metrics import value
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
 from helpers.wire import http_connect, open_tunnel_socket
@@ -55,6 +56,8 @@ async def test_unfinished_heads_share_one_budget(caplog: pytest.LogCaptureFixtur
                 break
             await asyncio.sleep(0.05)
         assert proxy.handshake_bytes == 3 * len(head)
+        assert value(proxy.metrics, "ipv4proxy_handshake_held_bytes") == 3 * len(head)
+        assert value(proxy.metrics, "ipv4proxy_connections_open") == 3
         over = await open_tunnel_socket(port)
         over.writer.write(head)
         reply = await over.read_to_eof()

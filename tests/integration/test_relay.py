@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 import uvloop
 
+from helpers.metrics import value
 from ipv4proxy.config import Config, LimitsConfig, Listener, PolicyConfig, ResolverConfig
 from ipv4proxy.net.relay import MIN_READ, READ_SIZE
 from ipv4proxy.net.resolver import Resolver
@@ -188,6 +189,7 @@ async def _budget_scenario() -> None:
             # Pushed past the budget, held no further than a page per stalled pump.
             assert held > BUDGET - READ_SIZE
             assert held <= BUDGET + len(clients) * MIN_READ
+            assert value(proxy.metrics, "ipv4proxy_relay_held_bytes") == held
             # With the budget spent, a tunnel whose reader is slow but alive still moves
             # every byte (in smaller reads).
             await _tunnel_through(proxy_port, ports[0], seed=7)

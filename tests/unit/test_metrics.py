@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import errno
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from helpers.metrics import samples, value
 from ipv4proxy.errors import DialError, Failure, PolicyDenied, ResolveError, UpstreamTimeout
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net.resolver import LOOKUP_RESULTS
-
-
-def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    page = metrics.render().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(page)
-        for s in family.samples
-    }
-
-
-def value(metrics: Metrics, name: str, **labels: str) -> float:
-    return samples(metrics).get((name, frozenset(labels.items())), 0.0)
 
 
 def test_fixed_label_sets_exist_at_zero() -> None:
