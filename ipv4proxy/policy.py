@@ -217,7 +217,8 @@ class Policy:
         """The domain rules for ``resolved``, the name the resolv.conf search list turned
         ``name`` into (``db`` -> ``db.corp.example``): the name actually looked up must
         pass them too, or ``*.corp.example`` would be reached as ``db``."""
-        return self._domain(resolved, f"{name}:{port} resolves as {resolved} (search list),")
+        target = f"{name}:{port} (looked up as {resolved} through the resolv.conf search list)"
+        return self._domain(resolved, target)
 
     def _domain(self, name: str, target: str) -> Decision:
         """``policy.deny_domains``, then ``policy.allow_domains``, for ``name``."""
