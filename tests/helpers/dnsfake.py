@@ -36,6 +36,7 @@ _POLL_SECONDS = 0.05
 _MAX_POLLS = int(3600 / _POLL_SECONDS)  # an hour of polls: far beyond any test
 _JOIN_SECONDS = 5.0
 _TCP_SECONDS = 2.0
+_BIND_TRIES = 50
 
 
 class ScriptedNameserver:
@@ -57,16 +58,22 @@ class ScriptedNameserver:
         self._tcp: socket.socket | None = None
 
     def start(self) -> None:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
+        """Bind UDP and TCP on one port the kernel picks (a UDP port may be a busy TCP one:
+        bounded retries), and serve in a thread."""
+        for _ in range(_BIND_TRIES):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                udp.bind(("127.0.0.1", 0))
+                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            break
+        else:
+            raise OSError(f"no port free for both UDP and TCP in {_BIND_TRIES} tries")
         self.port = udp.getsockname()[1]
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            tcp.bind(("127.0.0.1", self.port))
-        except OSError:
-            udp.close()
-            tcp.close()
-            raise
         tcp.listen(16)
         self._udp, self._tcp = udp, tcp
         self._thread = threading.Thread(target=self._serve, name="scripted-dns", daemon=True)

@@ -40,6 +40,9 @@ def make_resolver(
     client: DnsClient | None = None,
     **settings: float,
 ) -> Resolver:
+    # A long lifetime by default: on a loaded host a server thread may miss dnspython's 2 s
+    # per-try timeout, and the lookup must then retry rather than fail the test.
+    settings.setdefault("timeout", 30.0)
     config = ResolverConfig(
         nameservers=tuple(f"127.0.0.1:{port}" for port in ports),
         resolv_conf="/dev/null",
@@ -123,7 +126,7 @@ async def test_truncated_answer_is_asked_again_over_tcp() -> None:
             assert (await resolver.lookup("big.test")).addresses == ("127.0.0.1",)
         finally:
             await resolver.close()
-        assert server.names["big.test"] == 1
+        assert server.names["big.test"] >= 1  # more if a try timed out on a loaded host
         assert server.tcp_names["big.test"] == 1
 
 
