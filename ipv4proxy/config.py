@@ -84,6 +84,11 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "expected 0-65535"
 
 
+def _in_flight(value: int) -> str | None:
+    # The UDP pool has 4 sockets per server of 16384 pending IDs each; 10000 stays below.
+    return None if 1 <= value <= 10000 else "expected 1-10000"
+
+
 def _count(value: int) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 
@@ -223,6 +228,18 @@ class ResolverConfig:
     # busy name never waits on DNS (the same fraction Unbound's prefetch uses).
     prefetch: float = _setting(
         0.1, "fraction of a TTL left when a hit starts a background refresh; 0: never", _fraction
+    )
+    # Distinct names being looked up at once (a name asked again while in flight joins its
+    # lookup and does not count). A gateway uses a few dozen names; 256 new names at once
+    # is a cold start of a busy shared tier, and still well under what a cluster resolver
+    # serves one client concurrently (CoreDNS forward: 1000, Unbound: 1024 per thread).
+    # Even with every server silent for the whole 5 s timeout, 256 slots pass 50 new names
+    # a second, while a flood of random names holds no more than 256 lookups (a few KB
+    # each) and 4 UDP sockets per server. Over it a lookup fails at once (DNS_BUSY, 503).
+    max_in_flight: int = _setting(
+        256,
+        "most distinct names looked up at once; over it a lookup fails at once (DNS_BUSY)",
+        _in_flight,
     )
 
     def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:

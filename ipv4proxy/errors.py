@@ -53,6 +53,9 @@ class Failure(enum.Enum):
     NXDOMAIN = ("NXDOMAIN", 502, S5_HOST_UNREACHABLE, S4_REJECTED)
     NODATA = ("NODATA", 502, S5_HOST_UNREACHABLE, S4_REJECTED)
     DNS_FAILURE = ("DNS_FAILURE", 502, S5_HOST_UNREACHABLE, S4_REJECTED)
+    # resolver.max_in_flight lookups are already waiting on DNS: this one is not queued
+    # (a flood of random names must not hold sockets and memory); the client may retry.
+    DNS_BUSY = ("DNS_BUSY", 503, S5_GENERAL, S4_REJECTED)
     REFUSED = ("ECONNREFUSED", 502, S5_REFUSED, S4_REJECTED)
     HOST_UNREACHABLE = ("EHOSTUNREACH", 502, S5_HOST_UNREACHABLE, S4_REJECTED)
     NET_UNREACHABLE = ("ENETUNREACH", 502, S5_NET_UNREACHABLE, S4_REJECTED)
@@ -133,7 +136,8 @@ class UpstreamError(ProxyError, OSError):
 
 
 class ResolveError(UpstreamError):
-    """A name has no usable IPv4 address: NXDOMAIN, NODATA (no A record) or a DNS failure."""
+    """A name has no usable IPv4 address: NXDOMAIN, NODATA (no A record), a DNS failure, or
+    DNS_BUSY (too many lookups in flight)."""
 
     failure = Failure.DNS_FAILURE
 

@@ -69,7 +69,8 @@ class Metrics:
         self.dns_lookups = Counter(
             "ipv4proxy_dns_lookups",
             "Name lookups by result: hit (cache or hosts file), miss (asked DNS, got A "
-            "records), stale (expired answer served), nxdomain, nodata, error",
+            "records), stale (expired answer served), nxdomain, nodata, error, busy (refused at "
+            "once: resolver.max_in_flight lookups were in flight)",
             ["result"],
             registry=r,
         )

@@ -22,8 +22,12 @@ Rules, in the order they are applied to a resolved address (`address`):
    included: a pod's own services live there. Deny them with ``policy.deny_cidrs``.
 Names are checked before resolution (``policy.deny_domains``, then
 ``policy.allow_domains``) and addresses after it, so a DNS answer cannot smuggle in an
-address the rules refuse. An IPv4 literal matches no domain: when ``allow_domains`` is
-set, a literal must be inside ``allow_cidrs``.
+address the rules refuse. When the resolv.conf search list makes the name that answered
+another one (``db`` answered as ``db.corp.example``), that name must pass the same domain
+rules too (`resolved_name`): every name a request is turned into is judged, and a refused
+expansion is refused, not skipped for the next candidate (that would reach another host
+than the one the client's resolv.conf means). An IPv4 literal matches no domain: when
+``allow_domains`` is set, a literal must be inside ``allow_cidrs``.
 
 Credentials are compared in constant time (``hmac.compare_digest`` over SHA-256 digests
 of user and password, against every configured pair), and never logged: no reason here
@@ -207,7 +211,17 @@ class Policy:
                 rule = "policy.allow_domains"
                 return Decision(False, rule, f"{target}: an IPv4 literal matches no name in {rule}")
             return ALLOWED
-        name = destination.host
+        return self._domain(destination.host, target)
+
+    def resolved_name(self, name: str, resolved: str, port: int) -> Decision:
+        """The domain rules for ``resolved``, the name the resolv.conf search list turned
+        ``name`` into (``db`` -> ``db.corp.example``): the name actually looked up must
+        pass them too, or ``*.corp.example`` would be reached as ``db``."""
+        target = f"{name}:{port} (looked up as {resolved} through the resolv.conf search list)"
+        return self._domain(resolved, target)
+
+    def _domain(self, name: str, target: str) -> Decision:
+        """``policy.deny_domains``, then ``policy.allow_domains``, for ``name``."""
         for index, pattern in enumerate(self._deny_domains):
             if domain_matches(name, pattern):
                 rule = f"policy.deny_domains[{index}] {pattern}"

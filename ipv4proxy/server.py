@@ -643,6 +643,8 @@ class Session(asyncio.Protocol):
         if route.literal:
             require(self.policy.address(route.host, route.port))
         else:
+            if route.resolved:  # the search list made it another name: judge that one too
+                require(self.policy.resolved_name(route.host, route.resolved, route.port))
             addresses, decision = self.policy.addresses(route.addresses, route.port, route.host)
             require(decision)
             route = dataclasses.replace(route, addresses=addresses)

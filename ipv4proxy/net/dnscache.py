@@ -37,6 +37,7 @@ class Entry:
     failure: Failure | None = None
     reason: str = ""
     recheck_after: float = 0.0  # set when a refresh failed and the entry is being served stale
+    name: str = ""  # the name that answered (through the search list), when not the key
 
 
 class DnsCache:

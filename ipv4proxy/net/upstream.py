@@ -48,6 +48,8 @@ class Route:
     """Where a destination goes: its IPv4 addresses, and the parents to go through.
 
     ``literal``: the client gave an IPv4 address, not a name (``addresses == (host,)``).
+    ``resolved``: the name whose A records these are, when the resolv.conf search list made
+    it differ from ``host`` (``db`` -> ``db.corp.example``); else empty.
     """
 
     host: str
@@ -55,6 +57,7 @@ class Route:
     addresses: tuple[str, ...]
     parents: tuple[Parent, ...] = ()
     literal: bool = False
+    resolved: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +99,16 @@ class Upstream:
     async def resolve(self, destination: Destination) -> Route:
         """The route of ``destination``. Raises ResolveError."""
         literal = destination.kind is HostKind.IPV4
+        resolved = ""
         if literal:
             addresses: tuple[str, ...] = (destination.host,)
         else:
-            addresses = await self.resolver.resolve(destination.host)
+            answer = await self.resolver.lookup(destination.host)
+            addresses = answer.addresses
+            if answer.name != destination.host:
+                resolved = answer.name
         chosen = matching(self.parents, destination.host, addresses, destination.port)
-        return Route(destination.host, destination.port, addresses, chosen, literal)
+        return Route(destination.host, destination.port, addresses, chosen, literal, resolved)
 
     async def connect(self, route: Route, protocol: Opening | None = None) -> Connection:
         """Connect along ``route``. With ``protocol``, a route of one address and no parent

@@ -23,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +110,10 @@ def _free_udp_port() -> int:
 class Dnsmasq:
     """A dnsmasq process on 127.0.0.1:`port`; use `start()` / `stop()` or a with-block."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more dnsmasq options (``--host-record=...``, ``--local=/zone/``)."""
         self._workdir = workdir
+        self._extra_args = tuple(extra_args)
         self.log_path = workdir / "dnsmasq.log"
         self._stderr_path = workdir / "dnsmasq.stderr"
         self._process: subprocess.Popen[bytes] | None = None
@@ -140,6 +142,7 @@ class Dnsmasq:
             for name, addresses in HOST_RECORDS.items()
             for address in addresses
         ]
+        command += self._extra_args
         if os.geteuid() == 0:
             # As root dnsmasq drops to user "nobody" by default; stay root so it can keep
             # writing its log file in a root-owned temporary directory.
@@ -220,12 +223,12 @@ class Dnsmasq:
         self.stop()
 
 
-def running_dnsmasq(directory: Path) -> Iterator[Dnsmasq]:
+def running_dnsmasq(directory: Path, extra_args: Sequence[str] = ()) -> Iterator[Dnsmasq]:
     """A started dnsmasq working in `directory`, for a fixture to ``yield from``.
 
     Skips (fails in CI) if dnsmasq cannot start; stops it when the fixture ends.
     """
-    server = Dnsmasq(directory)
+    server = Dnsmasq(directory, extra_args)
     try:
         server.start()
     except DnsmasqUnavailable as exc:

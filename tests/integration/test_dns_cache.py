@@ -197,7 +197,7 @@ async def test_busy_name_is_prefetched_before_it_expires(
     assert await resolver.resolve("busy.test") == ("127.0.0.15",)
     refresh = [t for t in asyncio.all_tasks() if t.get_name() == "dns busy.test"]
     assert len(refresh) == 1
-    assert await refresh[0] == ("127.0.0.16",)
+    assert (await refresh[0]).addresses == ("127.0.0.16",)
     clock.now += 5  # the old entry would still be fresh; the refreshed one is served
     assert await resolver.resolve("busy.test") == ("127.0.0.16",)
     assert server.count("busy.test") == 2
