@@ -147,7 +147,15 @@ def format_fields(fields: Mapping[str, object]) -> str:
     Whatever the values hold, the result is one line of printable characters;
     `parse_fields` reads it back.
     """
-    return " ".join(f"{key}={format_value(value)}" for key, value in fields.items())
+    parts = []
+    search = _ASCII_QUOTE.search
+    for key, value in fields.items():
+        text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        # Inline fast path of `format_value` (one access line a tunnel): plain ASCII.
+        if not (text and text.isascii() and search(text) is None):
+            text = format_value(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
 
 
 def parse_fields(text: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ a logged message or a traceback), gives exactly one line, and that `unescape` an
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import unicodedata
@@ -154,6 +155,12 @@ def test_escape_round_trips_any_text(text: str) -> None:
         assert unescape(escaped) == text
         assert not any(_unsafe(char) for char in escaped)  # no control, format, separator
         escaped.encode("utf-8")  # no lone surrogate left
+
+
+@given(st.text())
+def test_python_reads_the_escapes_too(text: str) -> None:
+    """The README's alternative: the escapes are Python's own."""
+    assert ast.literal_eval('"' + escape(text) + '"') == text
 
 
 @given(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), st.text()))
