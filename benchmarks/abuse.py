@@ -78,7 +78,7 @@ class Sizes:
 # The sizes. 4,000 tunnels are 8,000 descriptors in the proxy and 4,000 in each of
 # the client and destination processes: under the 20,000 open-files cap of each process.
 FULL = Sizes(4000, 4000, 9000, 10_000, 10_000, hold_s=3.0, after_s=5.0, open_s=120.0)
-QUICK = Sizes(100, 100, 200, 200, 300, hold_s=0.5, after_s=1.5, open_s=20.0)
+QUICK = Sizes(100, 100, 200, 200, 300, hold_s=0.5, after_s=1.0, open_s=20.0)
 # Sampling interval while the load holds, and the bound on waiting for the proxy to let go
 # of the connections once the load is gone (a slow head is cut at the 10 s handshake
 # timeout at the latest, a name at the 5 s resolver timeout).
