@@ -28,13 +28,17 @@ __all__ = [
     "Procs",
     "build_loadgen",
     "cpu_seconds",
+    "fd_count",
     "free_port",
     "rss_kib",
+    "rss_peak_kib",
+    "udp_sockets",
 ]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+_ABUSE_CLIENT = (sys.executable, "-m", "benchmarks.abuse_client")
 
 
 def build_loadgen(directory: Path) -> Path:
@@ -74,6 +78,33 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def rss_peak_kib(pid: int) -> int:
+    """Peak resident set size of a live process since it started (VmHWM), KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as file:
+        for line in file:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of a live process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def udp_sockets(pid: int) -> int:
+    """UDP sockets (IPv4) a live process holds: its socket inodes found in its net/udp."""
+    with open(f"/proc/{pid}/net/udp", encoding="ascii") as file:
+        udp = {line.split()[9] for line in file.readlines()[1:]}
+    held = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed since listdir()
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            if link.startswith("socket:[") and link[8:-1] in udp:
+                held += 1
+    return held
 
 
 @dataclass(frozen=True)
@@ -127,23 +158,42 @@ class Procs:
             raise RuntimeError(f"{kind} did not start: {line!r}")
         return process.pid, int(line.split()[1])
 
-    def proxy(self, hosts_file: Path, extra: Sequence[str] = ()) -> tuple[int, int]:
-        """Start ipv4proxy on a free loopback port, pinned; returns (pid, port)."""
+    def proxy(
+        self,
+        hosts_file: Path,
+        extra: Sequence[str] = (),
+        *,
+        nameserver: str = "127.0.0.1:9",
+        clients: Sequence[str] = (),
+    ) -> tuple[int, int]:
+        """Start ipv4proxy on a free loopback port, pinned; returns (pid, port).
+
+        ``nameserver`` must be on loopback; ``clients`` (CIDRs) puts the listener in a config
+        file with ``listeners[0].clients`` set, since --listen takes no clients."""
         port = free_port()
         log = open(self.workdir / f"proxy-{port}.log", "w", encoding="utf-8")  # noqa: SIM115
+        if clients:
+            config = self.workdir / f"proxy-{port}.yaml"
+            listener = {"host": "127.0.0.1", "port": port, "clients": list(clients)}
+            config.write_text(json.dumps({"listeners": [listener]}), encoding="utf-8")
+            listen = ["--config", str(config)]
+        else:
+            listen = ["--listen", f"127.0.0.1:{port}"]
+        if not nameserver.startswith("127."):
+            raise ValueError(f"nameserver {nameserver} is not on loopback")
         argv = [
             *self.cores.prefix(self.cores.proxy),
             sys.executable,
             "-m",
             "ipv4proxy",
-            "--listen",
-            f"127.0.0.1:{port}",
+            *listen,
             "--hosts-file",
             str(hosts_file),
             # Names come from the hosts file and targets are literals: no query is ever
-            # sent, and if one were it would stay on loopback.
+            # sent, and if one were it would stay on loopback (the abuse run's never-
+            # answering server is on loopback too).
             "--nameserver",
-            "127.0.0.1:9",
+            nameserver,
             "--log-level",
             "warning",
             # The default policy refuses loopback destinations and every port but 80, 443
@@ -194,12 +244,44 @@ class Procs:
     def holder(self, args: Sequence[str], timeout: float) -> Iterator[Holder]:
         """A ``loadgen hold`` process that keeps its tunnels open until the block ends."""
         argv = [*self.cores.prefix(self.cores.load), str(self.loadgen), "hold", *args]
+        with self._holding(argv, timeout) as holder:
+            yield holder
+
+    @contextlib.contextmanager
+    def python_holder(self, args: Sequence[str], timeout: float) -> Iterator[Holder]:
+        """A ``python3 -m benchmarks.abuse_client MODE ...`` load on the load core: it holds
+        its connections until the block ends (``Holder.opened`` is its report)."""
+        argv = [*self.cores.prefix(self.cores.load), *_ABUSE_CLIENT, *args]
+        with self._holding(argv, timeout) as holder:
+            yield holder
+
+    def python_server(self, kind: str) -> tuple[int, int]:
+        """Start ``abuse_client source`` (keeps sending) or ``sink`` (never reads) on
+        127.0.0.1, on the load core; returns (pid, port)."""
+        argv = [*self.cores.prefix(self.cores.load), *_ABUSE_CLIENT, kind]
+        process = self._spawn(argv, stdin=subprocess.PIPE)  # it ends when stdin closes
+        line = _readline(process, 15.0)
+        if not line.startswith("port "):
+            raise RuntimeError(f"abuse_client {kind} did not start: {line!r}")
+        return process.pid, int(line.split()[1])
+
+    @contextlib.contextmanager
+    def _holding(self, argv: Sequence[str], timeout: float) -> Iterator[Holder]:
         process = self._spawn(argv, stdin=subprocess.PIPE)
         try:
             yield Holder(process, timeout)
         finally:
             _stop(process)
             self.started.remove(process)
+
+    def stop(self, pid: int) -> None:
+        """Stop one process this object started, by its PID (others are left alone)."""
+        for process in self.started:
+            if process.pid == pid:
+                _stop(process)
+                self.started.remove(process)
+                return
+        raise ValueError(f"process {pid} was not started here")
 
     def close(self) -> None:
         for process in reversed(self.started):

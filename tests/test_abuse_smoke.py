@@ -1,0 +1,61 @@
+"""The abuse run still runs: every scenario at small counts, no timing asserted.
+
+``python3 -m benchmarks.abuse --quick`` starts a fresh proxy per scenario, holds a hostile
+load against it and reads its RSS (benchmarks/README.md). At these counts every target is
+far from its bound, so the run must exit 0 with every scenario's load fully opened and the
+allowed client through; a scenario that did not run, a load that did not connect, or a
+refused address that locks the allowed client out fails here. Needs a C compiler for the
+load generator and Linux /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCENARIOS = {"download_stalled", "upload_stalled", "slow_heads", "unanswered_names", "refused"}
+FIELDS = ("base_kib", "peak_kib", "peak_sampled_kib", "after_kib")
+
+
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
+)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(120)
+def test_quick_abuse_run_reports_every_scenario(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.abuse", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (report_file,) = tmp_path.glob("*-abuse-quick.json")
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    assert report["mode"] == "quick"
+    metrics = report["metrics"]
+    assert set(metrics) == SCENARIOS
+    for name in SCENARIOS:
+        scenario = metrics[name]
+        for field in FIELDS:
+            assert isinstance(scenario[field], int), (name, field)
+            assert scenario[field] > 0, (name, field)
+        assert scenario["peak_kib"] >= scenario["base_kib"], name  # VmHWM is a high-water mark
+        load = scenario["load"]
+        assert load["opened"] == load["requested"] == scenario["requested"], (name, load)
+        assert load["failed"] == 0, (name, load)
+        assert scenario["proxy_fds"]["peak"] > scenario["proxy_fds"]["base"] or name == "refused"
+    assert metrics["refused"]["allowed_client_through"] is True
+    assert metrics["unanswered_names"]["proxy_udp_sockets_peak"] >= 1
+    assert {target["scenario"] for target in report["targets"]} == SCENARIOS
+    assert all(target["met"] for target in report["targets"]), report["targets"]
+    assert (tmp_path / report_file.name.replace(".json", ".md")).is_file()
