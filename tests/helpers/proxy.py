@@ -22,6 +22,7 @@ from pathlib import Path
 
 from helpers.net import client_env
 from helpers.process import STOP_SECONDS, stop_process
+from ipv4proxy.log import parse_fields
 
 __all__ = [
     "DEFAULT_PROXY_FLAGS",
@@ -69,7 +70,6 @@ _MAX_LOG_LINES = 200_000
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 _ADMIN = re.compile(r"admin endpoints on http://127\.0\.0\.1:(\d+)")
 _ACCESS = re.compile(r"\btunnel client=")
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 # Lines that mean the proxy met an error it did not handle.
 _CRASH_MARKERS = ("Traceback (most recent call last)", "exception was never retrieved")
 
@@ -87,14 +87,8 @@ def _logged_at(line: str) -> float:
 
 
 def parse_access_line(line: str) -> dict[str, str]:
-    """Split an access line's ``key=value`` fields; quoted values are unquoted."""
-    fields: dict[str, str] = {}
-    for key, raw in _FIELD.findall(line):
-        value = raw
-        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            value = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        fields[key] = value
-    return fields
+    """An access line's ``key=value`` fields, read back as the proxy wrote them."""
+    return parse_fields(line)
 
 
 class ProxyProcess:
