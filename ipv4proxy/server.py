@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import socket
 import struct
@@ -181,9 +182,13 @@ class Proxy:
             self._trim = self.loop.call_later(_TRIM_DELAY, self._trim_heap)
 
     def _trim_heap(self) -> None:
-        """Give back what a burst left in the heap (see `net.heap`)."""
+        """Give back what a burst left in the heap (see `net.heap`). A tunnel's pumps and
+        its Tunnel refer to each other, so a burst's closed tunnels wait for the cyclic
+        collector's oldest generation, which may not run for a long time: collect first
+        (once per burst; 4,000 closed tunnels left 15 MiB behind without it, 6 MiB with)."""
         self._trim = None
         self._peak = self.connections
+        gc.collect()
         heap.trim()
 
     def refusal_logged(self, cause: str) -> bool:
