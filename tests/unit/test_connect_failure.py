@@ -23,6 +23,7 @@ KEEPS_STATUS = {
     Failure.TOO_MANY_CONNECTIONS: "refused before any request: there is nothing to answer",
     Failure.IDLE_TIMEOUT: "ends a tunnel, never a request",
     Failure.OVERLOADED: "refused before the request is complete: nothing was dialled",
+    Failure.BAD_RESPONSE: "a forwarded request's origin answered badly; never a CONNECT",
 }
 
 
