@@ -80,7 +80,17 @@ def _ignore(tunnel: Tunnel) -> None:
 class _Leg:
     """One upstream connection, for its access line."""
 
-    __slots__ = ("address", "connected", "received", "requests", "sent", "started", "target", "via")
+    __slots__ = (
+        "address",
+        "connected",
+        "outcome",
+        "received",
+        "requests",
+        "sent",
+        "started",
+        "target",
+        "via",
+    )
 
     def __init__(self, target: str, started: float) -> None:
         self.target = target
@@ -91,6 +101,7 @@ class _Leg:
         self.sent = 0
         self.received = 0
         self.requests = 1
+        self.outcome = ""  # set when a refused request ends the connection
 
 
 class ClientPump(Pump):
@@ -427,6 +438,9 @@ class ForwardTunnel(Tunnel):
         if transport is None or transport.is_closing():
             return
         transport.write(error_response(error))
+        upstream = self.upstream
+        if isinstance(upstream, UpstreamPump) and upstream.transport is not None:
+            upstream.leg.outcome = error.failure.cause
         self._log_refusal(error, target)
         self._close_client()
 
@@ -493,7 +507,7 @@ class ForwardTunnel(Tunnel):
             self.want_client()
         self.open_sides -= 1
         outcome = self._finish() if self.open_sides == 0 else CLOSED_OK
-        self._log_leg(pump.leg, outcome)
+        self._log_leg(pump.leg, pump.leg.outcome or outcome)
 
     def _release(self, pump: Pump) -> None:
         self.buffers.held -= pump.held

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -62,6 +63,7 @@ _HOP_BY_HOP = frozenset(
 _KEEP = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # An h11 reason is one line, but it quotes the client's bytes: keep the log line short.
 _REASON_CHARS = 160
+_BYTEARRAY = re.compile(r"bytearray\((b'.*?')\)")
 
 
 class Wait(enum.Enum):
@@ -94,7 +96,7 @@ class ResponseEnd:
 
 
 def _reason(prefix: str, exc: h11.ProtocolError) -> str:
-    text = " ".join(str(exc).split())
+    text = _BYTEARRAY.sub(r"\1", " ".join(str(exc).split()))
     if len(text) > _REASON_CHARS:
         text = text[:_REASON_CHARS] + "..."
     return f"{prefix}: {text}"
