@@ -143,6 +143,8 @@ class UpstreamPump(Pump):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.tunnel.upstream_made()
+        if self is not self.tunnel.upstream or self.tunnel.ended_client():
+            transport.close()  # made after its client (or its request) went away
 
     def buffer_updated(self, nbytes: int) -> None:
         self._take(self.buffers.view[:nbytes])
@@ -327,6 +329,10 @@ class ForwardTunnel(Tunnel):
             else:
                 transport.pause_reading()
 
+    def ended_client(self) -> bool:
+        """The client connection is closed or closing."""
+        return self._client_gone()
+
     def _client_gone(self) -> bool:
         transport = self.client.transport
         return transport is None or transport.is_closing()
@@ -439,8 +445,8 @@ class ForwardTunnel(Tunnel):
             return
         transport.write(error_response(error))
         upstream = self.upstream
-        if isinstance(upstream, UpstreamPump) and upstream.transport is not None:
-            upstream.leg.outcome = error.failure.cause
+        if self.framer.in_flight and isinstance(upstream, UpstreamPump):
+            upstream.leg.outcome = error.failure.cause  # the refused request went there
         self._log_refusal(error, target)
         self._close_client()
 

@@ -63,9 +63,10 @@ _HOP_BY_HOP = frozenset(
 _KEEP = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # An h11 reason is one line, but it quotes the client's bytes: keep the log line short.
 _REASON_CHARS = 160
-# h11's states of a client whose request is complete (MIGHT_SWITCH_PROTOCOL: it asked for
-# an Upgrade, which is never passed on, so our response always declines it).
-_REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.MIGHT_SWITCH_PROTOCOL)
+# h11's states of a client still sending its request; any other means it is complete
+# (DONE, MUST_CLOSE, or MIGHT_SWITCH_PROTOCOL: it asked for an Upgrade, which is never
+# passed on, so our response always declines it).
+_SENDING = (h11.IDLE, h11.SEND_BODY)
 _BYTEARRAY = re.compile(r"bytearray\((b'.*?')\)")
 
 
@@ -205,7 +206,7 @@ class ForwardFramer:
         down = self._down
         if down is None or self._request is not None:
             return self._next_head()
-        if down.their_state in _REQUEST_DONE:
+        if down.their_state not in _SENDING:
             return Wait.RESPONSE
         try:
             event = down.next_event()
@@ -213,7 +214,7 @@ class ForwardFramer:
             raise _client_error(exc) from None
         up = self._up
         if event is h11.NEED_DATA or event is h11.PAUSED:
-            return Wait.RESPONSE if down.their_state in _REQUEST_DONE else Wait.NEED_DATA
+            return Wait.RESPONSE if down.their_state not in _SENDING else Wait.NEED_DATA
         if isinstance(event, h11.ConnectionClosed):
             return Wait.CLOSED
         assert up is not None  # set by start_request(), before any body event
