@@ -3,7 +3,10 @@
 One `Session` per client connection feeds the client's bytes to the handshake its first
 byte selects (``protocols``), and acts on the events: write, authenticate, or open a tunnel.
 Opening is the only task a connection ever has; once the upstream socket is connected the
-client transport is handed to a `Pump` (``net.relay``) and the session is gone.
+client transport is handed to a `Pump` (``net.relay``) and the session is gone. A first
+byte no protocol starts with is refused at once (``protocols.sniff``). A plain-HTTP
+forward request hands the connection at once to a `ForwardTunnel` (``net.forward``),
+which frames, checks and dials every request itself through the ``forward_*`` methods.
 
 Rules:
 - Every decision that needs no I/O is made in ``protocols`` or ``policy``; this module only

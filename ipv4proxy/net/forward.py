@@ -354,6 +354,7 @@ class ForwardTunnel(Tunnel):
         # Response bytes of the old origin still queued to the client: the client pump's
         # resume_writing releases them through its peer, which is the new pump now.
         pump.held, old.held = old.held, 0
+        pump.received = old.received  # the connection's total, for metrics and the idle sweep
         self.upstream = self.client.peer = pump
         self.task = self.loop.create_task(
             self._connect(request, pump, head), name=f"forward {self.owner.client}"

@@ -14,12 +14,20 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from helpers.programs import run_curl
 from helpers.proxy import ProxyFactory, ProxyProcess
-from helpers.servers import LoopThread, RecordingOrigin, download_byte, start_recording_origin
+from helpers.servers import (
+    LoopThread,
+    RecordingOrigin,
+    TestServers,
+    download_byte,
+    payload_json,
+    start_recording_origin,
+)
 from helpers.wire import WIRE_SECONDS, HttpReply, Tunnel, open_tunnel_socket, read_http_reply
 
 MIB = 1024 * 1024
@@ -301,3 +309,21 @@ def test_curl_keeps_the_connection_alive(proxy: ProxyProcess, origin: RecordingO
     fields = proxy.wait_for_access(since=mark, protocol="http-forward", requests="2")
     assert fields["outcome"] == "ok", fields
     assert not proxy.crash_lines()
+
+
+def test_curl_expect_100_continue_upload(
+    proxy: ProxyProcess, servers: TestServers, tmp_path: Path
+) -> None:
+    """The origin's 100 Continue reaches curl, which then sends the body."""
+    body = bytes(range(256)) * (MIB // 2 // 256)  # under aiohttp's 1 MiB body limit
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(body)
+    url = f"http://v4.test:{servers.http_port}/echo"
+    args = ["-v", "-H", "Expect: 100-continue", "--data-binary", f"@{upload}", url]
+    result = run_curl(["--proxy", proxy.url, *args])
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"< HTTP/1.1 100 Continue" in result.stderr, result.stderr.decode()
+    answer = payload_json(result.stdout)
+    assert answer["body_size"] == len(body)
+    assert answer["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert answer["via_proxy_headers"] == []
