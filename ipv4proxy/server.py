@@ -727,6 +727,9 @@ class Session(asyncio.Protocol):
     def forward_refused(self, error: ProxyError) -> None:
         self.proxy.metrics.refused(error)  # ops
 
+    def forward_keep(self) -> bool:
+        return not self.proxy.draining
+
     def forward_hold(self, delta: int) -> bool:
         proxy = self.proxy
         if delta > 0 and proxy.handshake_bytes + delta > self.config.limits.handshake_memory:

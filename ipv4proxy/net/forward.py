@@ -23,6 +23,7 @@ Rules:
   broken response gets 502 if nothing of it was sent, else the client connection is cut.
 - One access line per upstream connection, when it closes: its target, address, bytes
   each way, requests carried, outcome.
+- While the proxy drains, a kept-alive client connection is closed after its response.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class ForwardOwner(Protocol):
 
     def forward_hold(self, delta: int) -> bool:
         """Charge ``delta`` bytes of an unfinished head; False if over the budget."""
+
+    def forward_keep(self) -> bool:
+        """Whether the client connection may wait for another request (not draining)."""
 
 
 def _ignore(tunnel: Tunnel) -> None:
@@ -420,7 +424,7 @@ class ForwardTunnel(Tunnel):
             self.upstream._send(memoryview(end.data))
         if not end.keep_upstream:
             self._close_upstream()
-        if not end.keep_client:
+        if not end.keep_client or not self.owner.forward_keep():
             self._close_client()
             return
         self.waiting = False

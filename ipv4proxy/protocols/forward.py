@@ -368,6 +368,7 @@ class ForwardFramer:
             self.drop_upstream()
         keep_client = down.our_state is h11.DONE and down.their_state is h11.DONE
         if keep_client:
+            self.target = "-"  # until the next head names one
             rest, closed = down.trailing_data
             self._inbox += rest
             self._client_eof = self._client_eof or closed

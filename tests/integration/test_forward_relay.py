@@ -3,7 +3,8 @@
 In-process proxy (both event loops), a 1 MiB relay budget: forwarded downloads whose
 client never reads, and uploads whose origin never reads. What the relay holds stays
 within the budget plus a page per stalled pump; once they are reset, it holds nothing
-and no tunnel is left (the accounting of the forward pumps balances).
+and no tunnel is left (the accounting of the forward pumps balances). A drain closes a
+kept-alive forwarding connection after its next response.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import pytest
 import uvloop
 
+from helpers.servers import start_recording_origin
 from ipv4proxy.config import Config, LimitsConfig, Listener, PolicyConfig, ResolverConfig
 from ipv4proxy.net.relay import MIN_READ
 from ipv4proxy.net.resolver import Resolver
@@ -145,3 +147,42 @@ async def _scenario() -> None:
 def test_stalled_forwards_hold_at_most_the_budget(loop: str) -> None:
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(_scenario())
+
+
+async def _drain_scenario() -> None:
+    origin = await start_recording_origin()
+    config = _config()
+    proxy = Proxy(config, Resolver(config.resolver, hosts={}))
+    (_, proxy_port), *_ = await proxy.start()
+    host = f"127.0.0.1:{origin.port}"
+    request = f"GET http://{host}/%d HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    try:
+        async with asyncio.timeout(30):
+            writer.write((request % 1).encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            # Kept alive and idle; the drain starts. The next request is still answered,
+            # and then the connection closes: the drain ends with nothing to cut.
+            drain = asyncio.ensure_future(proxy.drain(20.0, asyncio.Event()))
+            await asyncio.sleep(0.1)
+            assert not drain.done()
+            writer.write((request % 2).encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            assert await reader.read() == b""
+            assert await drain == 0
+            assert [r.target for r in origin.requests] == ["/1", "/2"]
+    finally:
+        writer.transport.abort()
+        await proxy.close()
+        await origin.close()
+
+
+def test_drain_closes_a_kept_alive_forward_after_its_response() -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_drain_scenario())
