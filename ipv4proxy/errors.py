@@ -70,6 +70,7 @@ class Failure(enum.Enum):
     OVERLOADED = ("OVERLOADED", 503, S5_GENERAL, S4_REJECTED)
     # A tunnel that moved no byte for limits.idle_timeout; mid-tunnel there is no reply.
     IDLE_TIMEOUT = ("IDLE_TIMEOUT", 408, S5_GENERAL, S4_REJECTED)
+    BAD_RESPONSE = ("BAD_RESPONSE", 502, S5_GENERAL, S4_REJECTED)  # forwarded: origin broke HTTP
 
     def __init__(self, cause: str, http_status: int, socks5: int, socks4: int) -> None:
         self.cause = cause

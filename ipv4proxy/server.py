@@ -3,7 +3,10 @@
 One `Session` per client connection feeds the client's bytes to the handshake its first
 byte selects (``protocols``), and acts on the events: write, authenticate, or open a tunnel.
 Opening is the only task a connection ever has; once the upstream socket is connected the
-client transport is handed to a `Pump` (``net.relay``) and the session is gone.
+client transport is handed to a `Pump` (``net.relay``) and the session is gone. A first
+byte no protocol starts with is refused at once (``protocols.sniff``). A plain-HTTP
+forward request hands the connection at once to a `ForwardTunnel` (``net.forward``),
+which frames, checks and dials every request itself through the ``forward_*`` methods.
 
 Rules:
 - Every decision that needs no I/O is made in ``protocols`` or ``policy``; this module only
@@ -45,9 +48,10 @@ from ipv4proxy.linebudget import LineBudget
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net import heap
-from ipv4proxy.net.relay import Buffers, Tunnel, tune_socket
+from ipv4proxy.net.forward import ForwardTunnel
+from ipv4proxy.net.relay import Buffers, Pump, Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
-from ipv4proxy.net.upstream import DIRECT, Route, Upstream
+from ipv4proxy.net.upstream import DIRECT, Connection, Route, Upstream
 from ipv4proxy.policy import Policy, require
 from ipv4proxy.protocols import (
     Authenticate,
@@ -58,6 +62,9 @@ from ipv4proxy.protocols import (
     Send,
     new_handshake,
 )
+from ipv4proxy.protocols.events import Destination
+from ipv4proxy.protocols.forward import ForwardFramer, OriginRequest
+from ipv4proxy.protocols.sniff import foreign
 from ipv4proxy.rules import local_addresses
 
 __all__ = ["Proxy", "Session"]
@@ -65,7 +72,7 @@ __all__ = ["Proxy", "Session"]
 log = logging.getLogger("ipv4proxy")
 access = logging.getLogger("ipv4proxy.access")
 
-Request = Connect | Forward
+Request = Connect
 
 
 def _address(peer: object) -> str:
@@ -438,6 +445,8 @@ class Session(asyncio.Protocol):
         # While the tunnel is being opened: what `_made` wires, and the route dialled.
         self.opening: tuple[Handshake, Request, Tunnel] | None = None
         self.route: Route | None = None
+        # Plain-HTTP forwarding: the relay that owns the connection from its first request.
+        self.forward: ForwardTunnel | None = None
 
     # asyncio.Protocol
 
@@ -473,6 +482,11 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         handshake = self.handshake
         if handshake is None:
+            refusal = foreign(data[0])
+            if refusal is not None:  # no protocol starts so: refused now, not at the timeout
+                self.transport.write(refusal.reply)
+                self._refuse(refusal.error, "-")
+                return
             handshake = new_handshake(
                 data[0],
                 max_head=self.config.limits.max_head,
@@ -484,7 +498,7 @@ class Session(asyncio.Protocol):
         except ProtocolError as exc:
             self._refuse(exc, handshake.protocol, handshake.target)
             return
-        if self.task is None and not self.transport.is_closing():
+        if self.task is None and self.forward is None and not self.transport.is_closing():
             self._hold(len(data), handshake)
 
     def _hold(self, nbytes: int, handshake: Handshake) -> None:
@@ -540,6 +554,9 @@ class Session(asyncio.Protocol):
                 self._unhold()  # the handshake has handed its bytes over
                 if self.timer is not None:
                     self.timer.cancel()
+                if isinstance(item, Forward):
+                    self._forward(item)
+                    return
                 self.transport.pause_reading()
                 self.task = self.proxy.loop.create_task(
                     self._open(handshake, item), name=f"open {self.client}"
@@ -695,8 +712,6 @@ class Session(asyncio.Protocol):
         # nothing refers to this session any more.
         closed.host, closed.counted, self.counted = self.host, self.counted, False
         first = request.early_data
-        if isinstance(request, Forward):
-            first = request.head + first
         if first:
             tunnel.client.received += len(first)
             upstream.write(first)
@@ -704,3 +719,55 @@ class Session(asyncio.Protocol):
         # the upstream pump's resume_writing resumes it, not us.
         if not upstream.get_write_buffer_size():
             client.resume_reading()
+
+    # plain-HTTP forwarding (net.forward): the relay asks the session for these
+
+    def _forward(self, request: Forward) -> None:
+        """Hand the connection to a forward relay, which checks and dials every request
+        itself, the first one included; the session stays its owner until it ends."""
+        limits = self.config.limits
+        framer = ForwardFramer(max_head=limits.max_head)
+        self.forward = ForwardTunnel(self, self.proxy.buffers, framer, self.proxy.loop)
+        self.forward.start(self.transport, request)
+
+    def forward_check(self, request: OriginRequest) -> None:
+        require(self.policy.credentials(request.credentials, protocol="http-forward"))
+        require(self.policy.destination(request.destination))
+
+    async def forward_connect(self, destination: Destination, pump: Pump) -> Connection:
+        upstream = await self.proxy.upstream.open(destination, check=self._allowed, protocol=pump)
+        sock = upstream.sock
+        if sock is not None:  # a race of several addresses, or through a parent
+            try:
+                await self.proxy.loop.create_connection(lambda: pump, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        return upstream
+
+    def forward_opened(self, tunnel: Tunnel, seconds: float) -> None:
+        self.proxy.tunnel_opened(self, tunnel, "http-forward", seconds)  # ops
+
+    def forward_ended(self, tunnel: Tunnel) -> str:
+        proxy = self.proxy
+        if tunnel in proxy.tunnels:
+            outcome = proxy.tunnel_closed(tunnel, "http-forward")  # ops
+        else:
+            outcome = CLOSED_OK
+            proxy.session_ended(self)  # ops: it never opened an upstream
+        self.release()
+        self.forward = None
+        return outcome
+
+    def forward_refused(self, error: ProxyError) -> None:
+        self.proxy.metrics.refused(error)  # ops
+
+    def forward_keep(self) -> bool:
+        return not self.proxy.draining
+
+    def forward_hold(self, delta: int) -> bool:
+        proxy = self.proxy
+        if delta > 0 and proxy.handshake_bytes + delta > self.config.limits.handshake_memory:
+            return False
+        proxy.handshake_bytes += delta
+        return True

@@ -1,7 +1,9 @@
 """Pure protocol layer: client bytes in, events and reply bytes out.
 
 Job: everything the proxy must understand of a client's request before it can dial: the
-HTTP proxy head, SOCKS5 and SOCKS4/4a, and the checks on the destination host they name.
+HTTP proxy head, SOCKS5 and SOCKS4/4a, and the checks on the destination host they name;
+which first bytes start none of them (``sniff``); and the framing of forwarded plain-HTTP
+requests and responses, request by request (``forward``, on h11).
 
 Rules: no I/O here. No module in this package imports asyncio or socket (a test holds
 this); the session in the server feeds bytes to a handshake and acts on its events. A

@@ -79,8 +79,9 @@ class Connect:
 class Forward:
     """Forward a plain-HTTP absolute-form request (protocol "http-forward").
 
-    Send ``head`` (the rewritten request head) upstream, then ``early_data``, then relay
-    raw bytes both ways.
+    ``head`` is the checked request head (origin-form, Host from the URI) and
+    ``early_data`` what followed it; ``protocols.forward`` parses both again with h11,
+    frames the body and rewrites the head before anything goes upstream.
     """
 
     protocol: str

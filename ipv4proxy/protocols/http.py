@@ -16,12 +16,14 @@ Rules (RFC 9112 / RFC 9110), each refusal a ProtocolError and nothing else:
   value stripped of OWS, no control character but HTAB in a value.
 - Framing (RFC 9112 6.1-6.3): Content-Length with Transfer-Encoding, differing or
   non-digit Content-Length values, a Transfer-Encoding other than exactly "chunked", or
-  Transfer-Encoding in an HTTP/1.0 request -> MALFORMED. The body itself is not parsed:
-  after the head the session relays raw bytes.
-- Forwarding rewrites the head: origin-form request line in HTTP/1.1, ``Host`` from the
-  URI first (a disagreeing Host header must not redirect the request), hop-by-hop
-  headers removed (RFC 9110 7.6.1) and ``Connection: close`` last. Framing headers are
-  kept even when Connection names them, so a client cannot strip them upstream.
+  Transfer-Encoding in an HTTP/1.0 request -> MALFORMED. The body is not parsed here:
+  for a CONNECT it is tunnel data, for forwarding ``protocols.forward`` frames it.
+- Forwarding hands on a checked head: origin-form request line in the client's version,
+  ``Host`` from the URI first and any Host header the client sent dropped (RFC 9112
+  3.2.2: a proxy MUST ignore it; a disagreeing Host must not redirect the request), the
+  other headers as sent. ``protocols.forward`` parses it with h11, frames the body and
+  rewrites the head for the origin (hop-by-hop and ``Proxy-*`` removed). Every request
+  of a forwarding connection passes through here first, the first and each later one.
 - Credentials come from ``Proxy-Authorization: Basic`` (RFC 7617), decoded as UTF-8 with
   ``surrogateescape`` so every byte survives; missing or malformed -> None.
 - A leading empty line before the request line is not skipped (RFC 9112 2.2 "SHOULD"):
@@ -52,23 +54,6 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 _HEADER_NAME = re.compile(_TOKEN)
 _VALUE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
-
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"host",
-    }
-)
-# Never dropped because Connection names them: the body is relayed raw, so the origin
-# must see the framing the client declared.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
@@ -123,6 +108,11 @@ class HttpHandshake:
         self._max_headers = max_headers
         self._scanned = 0  # bytes already searched for the end of the head
         self._state = _State.READING
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the unfinished head held so far."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[Event]:
         """Take client bytes; return [] until the head is whole, then [Connect | Forward].
@@ -181,7 +171,7 @@ class HttpHandshake:
         authority, path = _absolute_target(target)
         self.target = authority if authority.rpartition(":")[2].isdigit() else authority + ":80"
         destination = parse_authority(authority, default_port=80)
-        head = _rewrite(method, path, destination, headers)
+        head = _checked_head(method, path, minor, destination, headers)
         return Forward("http-forward", destination, head, early_data, credentials)
 
     def success_reply(self, address: str, port: int) -> bytes:
@@ -304,17 +294,15 @@ def _absolute_target(target: str) -> tuple[str, str]:
     return authority, path if path.startswith("/") else "/" + path
 
 
-def _rewrite(method: bytes, path: str, destination: Destination, headers: list[Header]) -> bytes:
-    """The head sent upstream for a forwarded request (see the module rules)."""
-    drop = set(_HOP_BY_HOP)
-    for key, _, value in headers:
-        if key == b"connection":
-            drop.update(token.strip(b" \t").lower() for token in value.split(b","))
-    drop -= _FRAMING
+def _checked_head(
+    method: bytes, path: str, minor: bytes, destination: Destination, headers: list[Header]
+) -> bytes:
+    """The head handed to the framer: origin-form, Host from the URI, other headers as sent."""
     host = destination.host if destination.port == 80 else str(destination)
-    out = [method, b" ", path.encode("ascii"), b" HTTP/1.1\r\nHost: ", host.encode("ascii")]
+    out = [method, b" ", path.encode("ascii"), b" HTTP/1.", minor, b"\r\nHost: "]
+    out.append(host.encode("ascii"))
     for key, name, value in headers:
-        if key not in drop:
+        if key != b"host":
             out += (b"\r\n", name, b": ", value)
-    out.append(b"\r\nConnection: close\r\n\r\n")
+    out.append(b"\r\n\r\n")
     return b"".join(out)

@@ -12,6 +12,9 @@ port the kernel picks.
   only answer if the client's FIN came through while the other direction stayed open.
 - Trap (`start_trap`): the plain HTTP app on 127.0.0.1:P and, on [::1]:P, a listener
   that records every peer that connects and closes at once.
+- Recording origin (`start_recording_origin`): plain HTTP/1.1 with keep-alive (h11),
+  which keeps the exact bytes each connection sent it and what each request was; it
+  answers JSON about the request, or ``/download/N``: N bytes of `download_byte`.
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
 
+import h11
 from aiohttp import WSMsgType, web
 
 __all__ = [
     "BINARY_WS_SIZE",
     "LoopThread",
+    "OriginRequest",
     "Payload",
+    "RecordingOrigin",
     "TestServers",
     "Trap",
     "binary_ws_message",
+    "download_byte",
     "payload_handler",
+    "start_recording_origin",
     "start_servers",
     "start_trap",
     "ws_echo",
@@ -341,3 +349,141 @@ def payload_json(data: bytes) -> dict[str, Any]:
     if not isinstance(decoded, dict):
         raise TypeError(f"expected a JSON object, got {decoded!r}")
     return decoded
+
+
+# --- the recording origin -------------------------------------------------------------------
+
+# Bounds of the recording origin: bytes kept per connection, requests per connection.
+_RECORD_LIMIT = 64 * _MIB
+_ORIGIN_REQUESTS = 1_000
+
+
+def download_byte(index: int) -> int:
+    """Byte ``index`` of every /download body (a pattern that shows a shift or a loss)."""
+    return index % 251
+
+
+@dataclass
+class OriginRequest:
+    """One request as the recording origin parsed it."""
+
+    connection: int  # index into RecordingOrigin.received
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body_size: int = 0
+    body_sha256: str = ""
+
+
+@dataclass
+class RecordingOrigin:
+    """A plain HTTP/1.1 origin that keeps what it received. Read the lists once the
+    exchange under test is over (they are appended to on the server thread)."""
+
+    port: int
+    received: list[bytearray]  # the exact bytes, one entry per connection
+    requests: list[OriginRequest]
+    _close: Callable[[], Awaitable[None]]
+
+    def bytes_received(self) -> bytes:
+        return b"".join(bytes(raw) for raw in self.received)
+
+    async def close(self) -> None:
+        await self._close()
+
+
+async def _download(writer: asyncio.StreamWriter, conn: h11.Connection, size: int) -> None:
+    writer.write(conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(size))])))
+    block = bytes(download_byte(i) for i in range(251 * 1024))
+    sent = 0
+    while sent < size:  # bounded by size
+        piece = block[: min(len(block), size - sent)]
+        writer.write(conn.send(h11.Data(data=piece)))
+        await writer.drain()
+        sent += len(piece)
+    writer.write(conn.send(h11.EndOfMessage()))
+
+
+async def _answer(
+    writer: asyncio.StreamWriter, conn: h11.Connection, request: OriginRequest
+) -> None:
+    if request.target.startswith("/download/"):
+        await _download(writer, conn, int(request.target.rsplit("/", 1)[1]))
+        return
+    body = json.dumps(
+        {
+            "method": request.method,
+            "target": request.target,
+            "headers": request.headers,
+            "body_size": request.body_size,
+            "body_sha256": request.body_sha256,
+        }
+    ).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
+    writer.write(conn.send(h11.Data(data=body)))
+    writer.write(conn.send(h11.EndOfMessage()))
+
+
+async def _record(
+    origin: RecordingOrigin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    raw = bytearray()
+    origin.received.append(raw)
+    index = len(origin.received) - 1
+    conn = h11.Connection(h11.SERVER)
+    request: OriginRequest | None = None
+    digest = hashlib.sha256()
+    try:
+        for _ in range(_ORIGIN_REQUESTS * 100_000):  # bounded: reads and events
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if len(raw) < _RECORD_LIMIT:
+                    raw += data
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = OriginRequest(
+                    index,
+                    event.method.decode(),
+                    event.target.decode(),
+                    [(k.decode(), v.decode()) for k, v in event.headers.raw_items()],
+                )
+                digest = hashlib.sha256()
+            elif isinstance(event, h11.Data) and request is not None:
+                request.body_size += len(event.data)
+                digest.update(event.data)
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                request.body_sha256 = digest.hexdigest()
+                origin.requests.append(request)
+                await _answer(writer, conn, request)
+                await writer.drain()
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+            else:  # ConnectionClosed, PAUSED
+                break
+    except (h11.ProtocolError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def start_recording_origin() -> RecordingOrigin:
+    """Start a recording origin on 127.0.0.1 on the running loop."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    received: list[bytearray] = []
+    requests: list[OriginRequest] = []
+    holder: list[RecordingOrigin] = []
+    server = await asyncio.start_server(
+        lambda r, w: _record(holder[0], r, w), sock=_listening(sock)
+    )
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    origin = RecordingOrigin(sock.getsockname()[1], received, requests, close)
+    holder.append(origin)
+    return origin

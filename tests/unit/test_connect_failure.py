@@ -24,6 +24,7 @@ KEEPS_STATUS = {
     Failure.IDLE_TIMEOUT: "ends a tunnel, never a request",
     Failure.OVERLOADED: "refused before the request is complete: nothing was dialled",
     Failure.DNS_BUSY: "the proxy is busy, not the destination: 503 tells the client to retry",
+    Failure.BAD_RESPONSE: "a forwarded request's origin answered badly; never a CONNECT",
 }
 
 
