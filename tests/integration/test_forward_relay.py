@@ -12,21 +12,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Callable
 
 import pytest
 import uvloop
 
 from helpers.servers import start_recording_origin
+from helpers.stall import LOOPS, Sink, settled, stalled_client
 from ipv4proxy.config import Config, LimitsConfig, Listener, PolicyConfig, ResolverConfig
 from ipv4proxy.net.relay import MIN_READ
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.server import Proxy
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 BUDGET = 1024 * 1024
 DOWNLOADS = 16
 UPLOADS = 8
@@ -50,20 +46,6 @@ async def _firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     writer.close()
 
 
-class _Sink:
-    """An origin that never reads."""
-
-    def __init__(self) -> None:
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-
-    def reset(self) -> None:
-        for writer in self.writers:
-            writer.transport.abort()
-
-
 def _config() -> Config:
     return Config(
         listeners=(Listener("127.0.0.1", 0),),
@@ -74,41 +56,17 @@ def _config() -> Config:
 
 
 async def _stalled(proxy_port: int, origin_port: int, *, upload: bool) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", proxy_port))
     target = f"http://127.0.0.1:{origin_port}/"
     if upload:
         head = f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {HUGE}\r\n\r\n"
     else:
         head = f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"
-    await loop.sock_sendall(sock, head.encode())
-    if upload:
-        chunk = b"u" * CHUNK
-        for _ in range(256):  # 16 MiB at most: far past what the sockets on the way hold
-            try:
-                sock.send(chunk)
-            except BlockingIOError:
-                break
-            await asyncio.sleep(0)
-    return sock
-
-
-async def _settled(proxy: Proxy) -> int:
-    last = -1
-    for _ in range(100):  # bounded: 10 s
-        await asyncio.sleep(0.1)
-        if proxy.buffers.held == last:
-            break
-        last = proxy.buffers.held
-    return proxy.buffers.held
+    return await stalled_client(proxy_port, head.encode(), upload=upload)
 
 
 async def _scenario() -> None:
     hose = await asyncio.start_server(_firehose, "127.0.0.1", 0)
-    never_reads = _Sink()
+    never_reads = Sink()
     sink = await asyncio.start_server(never_reads, "127.0.0.1", 0)
     hose_port, sink_port = (s.sockets[0].getsockname()[1] for s in (hose, sink))
     config = _config()
@@ -121,7 +79,7 @@ async def _scenario() -> None:
                 upload = index >= DOWNLOADS
                 port = sink_port if upload else hose_port
                 clients.append(await _stalled(proxy_port, port, upload=upload))
-            held = await _settled(proxy)
+            held = await settled(proxy)
             assert held > BUDGET // 2, held  # the stalled connections did fill it
             assert held <= BUDGET + len(clients) * (MIN_READ + SLACK), held
             assert len(proxy.tunnels) == len(clients)

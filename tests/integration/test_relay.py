@@ -14,23 +14,17 @@ import hashlib
 import random
 import socket
 import struct
-from collections.abc import Callable
 
 import pytest
-import uvloop
 
 from helpers.metrics import value
+from helpers.stall import LOOPS, Sink, settled, stalled_client
 from ipv4proxy.config import Config, LimitsConfig, Listener, PolicyConfig, ResolverConfig
 from ipv4proxy.net.relay import MIN_READ, READ_SIZE
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.server import Proxy
 
 SIZE = 8 * 1024 * 1024  # more than the kernel buffers between proxy and client hold
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -122,57 +116,18 @@ async def _firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     writer.close()
 
 
-class _Sink:
-    """A destination that never reads: its receive buffer fills and stays full."""
-
-    def __init__(self) -> None:
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-
-    def reset(self) -> None:
-        for writer in self.writers:
-            writer.transport.abort()
-
-
 async def _stalled(proxy_port: int, target_port: int, *, upload: bool) -> socket.socket:
     """A CONNECT tunnel whose client never reads (download) or never stops writing while
     the destination never reads (upload); returns the client socket."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", proxy_port))
-    await loop.sock_sendall(sock, f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
-    head = await loop.sock_recv(sock, 39)
-    assert head == b"HTTP/1.1 200 Connection established\r\n\r\n", head
-    if upload:
-        chunk = b"u" * CHUNK
-        for _ in range(256):  # 16 MiB at most: far past what the sockets on the way hold
-            try:
-                sock.send(chunk)
-            except BlockingIOError:
-                break
-            await asyncio.sleep(0)
-    return sock
-
-
-async def _settled(proxy: Proxy) -> int:
-    """The bytes the relay holds once they stop changing (bounded: 10 s)."""
-    last = -1
-    for _ in range(100):
-        await asyncio.sleep(0.1)
-        if proxy.buffers.held == last:
-            break
-        last = proxy.buffers.held
-    return proxy.buffers.held
+    request = f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode()
+    reply = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    return await stalled_client(proxy_port, request, upload=upload, reply=reply)
 
 
 async def _budget_scenario() -> None:
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     hose = await asyncio.start_server(_firehose, "127.0.0.1", 0)
-    never_reads = _Sink()
+    never_reads = Sink()
     sink = await asyncio.start_server(never_reads, "127.0.0.1", 0)
     ports = [server.sockets[0].getsockname()[1] for server in (echo, hose, sink)]
     config = _config(relay_memory=BUDGET)
@@ -185,7 +140,7 @@ async def _budget_scenario() -> None:
                 upload = index >= DOWNLOAD_STALLED
                 port = ports[2] if upload else ports[1]
                 clients.append(await _stalled(proxy_port, port, upload=upload))
-            held = await _settled(proxy)
+            held = await settled(proxy)
             # Pushed past the budget, held no further than a page per stalled pump.
             assert held > BUDGET - READ_SIZE
             assert held <= BUDGET + len(clients) * MIN_READ
