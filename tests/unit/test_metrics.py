@@ -68,3 +68,9 @@ def test_registries_are_separate() -> None:
     one.dns_lookup("hit")
     assert value(one, "ipv4proxy_dns_lookups_total", result="hit") == 1
     assert value(two, "ipv4proxy_dns_lookups_total", result="hit") == 0
+
+
+def test_no_created_series() -> None:
+    metrics = Metrics()
+    metrics.tunnel_opened("socks5", 0.01)
+    assert "_created" not in metrics.render().decode()
