@@ -347,6 +347,13 @@ class PolicyConfig:
     deny_cidrs: tuple[str, ...] = _setting(
         (), "resolved addresses refused (e.g. private ranges)", cidr_problem
     )
+    # Opening loopback to try the proxy against a local server must not turn the rest of
+    # the internet off, as listing it in allow_cidrs (an allow-list) would.
+    open_cidrs: tuple[str, ...] = _setting(
+        (),
+        "special ranges opened (e.g. 127.0.0.0/8); unlike allow_cidrs, nothing else changes",
+        cidr_problem,
+    )
 
 
 PARENT_SCHEMES = ("socks5", "socks4", "http")

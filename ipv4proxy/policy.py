@@ -42,7 +42,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ipv4proxy.config import Config
+from ipv4proxy.config import Config, env_name, flag_name
 from ipv4proxy.errors import Failure, PolicyDenied
 from ipv4proxy.protocols import Destination, HostKind
 from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports, parse_user_line
@@ -50,6 +50,14 @@ from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports, parse_user_
 __all__ = ["SPECIAL_RANGES", "Decision", "Policy", "require"]
 
 Network = ipaddress.IPv4Network
+
+
+def _setting_hint(*path: str) -> str:
+    """A setting as a person sets it: ``policy.ports (--policy-ports, IPV4PROXY_POLICY_PORTS)``."""
+    return f"{'.'.join(path)} ({flag_name(path)}, {env_name(path)})"
+
+
+_OPEN_HINT = _setting_hint("policy", "open_cidrs")
 
 # Addresses that always reach this host, whatever its interfaces are.
 _THIS_HOST = (Network("0.0.0.0/8"), Network("127.0.0.0/8"))
@@ -113,6 +121,7 @@ class Policy:
         "_deny_domains",
         "_digests",
         "_local",
+        "_open_cidrs",
         "_own",
         "_own_ports",
         "_ports",
@@ -124,6 +133,7 @@ class Policy:
         self._ports = parse_ports(policy.ports)
         self._allow_cidrs = _networks("policy.allow_cidrs", policy.allow_cidrs)
         self._deny_cidrs = _networks("policy.deny_cidrs", policy.deny_cidrs)
+        self._open_cidrs = _networks("policy.open_cidrs", policy.open_cidrs)
         self._allow_domains = tuple(policy.allow_domains)
         self._deny_domains = tuple(policy.deny_domains)
         self._clients = tuple(
@@ -204,7 +214,9 @@ class Policy:
         target = str(destination)
         if destination.port not in self._ports:
             return Decision(
-                False, "policy.ports", f"{target}: port {destination.port} is not in policy.ports"
+                False,
+                "policy.ports",
+                f"{target}: port {destination.port} is not in {_setting_hint('policy', 'ports')}",
             )
         if destination.kind is HostKind.IPV4:
             if self._allow_domains and not self._in_allow_cidrs(destination.host):
@@ -269,10 +281,10 @@ class Policy:
             if ip in network:
                 return Decision(True, rule)
         for name, network in SPECIAL_RANGES:
-            if ip in network:
+            if ip in network and not any(ip in opened for _, opened in self._open_cidrs):
                 rule = f"special range {name} {network}"
                 return Decision(
-                    False, rule, f"{address} is in the {rule} (open it with policy.allow_cidrs)"
+                    False, rule, f"{address} is in the {rule} (open it with {_OPEN_HINT})"
                 )
         if self._allow_cidrs:
             rule = "policy.allow_cidrs"

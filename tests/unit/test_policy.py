@@ -97,8 +97,23 @@ def test_allow_and_deny_domains() -> None:
 def test_special_ranges_refused_by_default(address: str, rule: str) -> None:
     decision = policy().address(address, 443)
     assert (decision.allowed, decision.rule) == (False, rule)
-    assert "policy.allow_cidrs" in decision.reason  # says how to open it
+    # Says how to open it: the key, its flag and its variable.
+    assert "policy.open_cidrs (--policy-open-cidrs, IPV4PROXY_POLICY_OPEN_CIDRS)" in decision.reason
     assert decision.error().failure is Failure.DENIED
+
+
+@pytest.mark.parametrize("opened", ["127.0.0.0/8", "127.0.0.1/32"])
+def test_opening_a_special_range_changes_nothing_else(opened: str) -> None:
+    """open_cidrs lifts one special range's refusal; public addresses stay allowed, the other
+    special ranges and deny_cidrs stay refused (allow_cidrs would have made an allow-list)."""
+    opened_policy = policy(f"policy: {{open_cidrs: [{opened}], deny_cidrs: [10.0.0.0/8]}}")
+    assert opened_policy.address("127.0.0.1", 8000).allowed
+    assert opened_policy.address("57.144.151.32", 443).allowed  # public: still allowed
+    assert not opened_policy.address("169.254.169.254", 80).allowed
+    assert not opened_policy.address("0.0.0.0", 80).allowed
+    assert not opened_policy.address("10.1.2.3", 80).allowed
+    allow_list = policy(f"policy: {{allow_cidrs: [{opened}]}}")
+    assert not allow_list.address("57.144.151.32", 443).allowed
 
 
 @pytest.mark.parametrize("address", ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1"])
