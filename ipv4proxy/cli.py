@@ -34,7 +34,15 @@ from typing import Any
 import uvloop
 
 from ipv4proxy.admin import Admin
-from ipv4proxy.config import Config, changed_keys, flag_name, iter_keys, load, to_yaml
+from ipv4proxy.config import (
+    Config,
+    changed_keys,
+    flag_name,
+    iter_keys,
+    load,
+    to_yaml,
+    unknown_environment,
+)
 from ipv4proxy.doctor import diagnose, render_text
 from ipv4proxy.errors import ConfigError, ProtocolError
 from ipv4proxy.log import lean_records, lifecycle, setup_logging
@@ -237,10 +245,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)
+    unknown = unknown_environment(os.environ)
     if command == "check-config":
+        for warning in unknown:
+            print(f"ipv4proxy: warning: {warning}", file=sys.stderr)
         print(to_yaml(config), end="")
         sys.exit(0)
     setup_logging(config.log.level, config.log.format)
+    for warning in unknown:
+        log.warning("%s", warning)
     if command == "doctor":
         sys.exit(uvloop.run(doctor(config, own["target"], own["json"])))
     lean_records()

@@ -20,6 +20,7 @@ own: callers pass the file's text and the environment in.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -101,11 +102,18 @@ def _fraction(value: float) -> str | None:
     return None if 0 <= value < 1 else "expected a fraction from 0 up to (not including) 1"
 
 
-def _one_of(*choices: str) -> Check:
-    def check(value: str) -> str | None:
-        return None if value in choices else f"expected one of {', '.join(choices)}"
+class _OneOf:
+    """A check for a word from a fixed list; `_build` takes it in any case (``DEBUG``)."""
 
-    return check
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, value: str) -> str | None:
+        return None if value in self.choices else f"expected one of {', '.join(self.choices)}"
+
+
+def _one_of(*choices: str) -> Check:
+    return _OneOf(*choices)
 
 
 def parse_hostport(text: str, *, default_port: int | None = None, key: str = "") -> tuple[str, int]:
@@ -117,7 +125,9 @@ def parse_hostport(text: str, *, default_port: int | None = None, key: str = "")
             raise ConfigError(f"{where}expected HOST:PORT, got {text!r}")
         host, port_text = text, str(default_port)
     host = host.removeprefix("[").removesuffix("]")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not host:
+        raise ConfigError(f"{where}expected HOST:PORT, the host is missing in {text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{where}expected HOST:PORT with a port of 0-65535, got {text!r}")
     return host, int(port_text)
 
@@ -536,6 +546,59 @@ def flag_name(path: Sequence[str]) -> str:
     return "--" + "-".join(path).replace("_", "-")
 
 
+def _env_names(path: Sequence[str]) -> tuple[str, ...]:
+    """The variables of a key: its derived name, and for ``listeners`` the documented
+    ``IPV4PROXY_LISTEN`` (the flag's name) as well, the derived one winning."""
+    if tuple(path) == ("listeners",):
+        return (ENV_PREFIX + "LISTEN", env_name(path))
+    return (env_name(path),)
+
+
+# Variables of ours that are not settings.
+_OTHER_ENV = frozenset({ENV_PREFIX + "CONFIG"})
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each ``IPV4PROXY_*`` variable that sets nothing (a typo would
+    otherwise be dropped in silence), with the nearest known name when there is one."""
+    known = {name for path, _, _ in iter_keys() for name in _env_names(path)} | _OTHER_ENV
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        tail = name.removeprefix(ENV_PREFIX)
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8) or sorted(
+            k for k in known if k.endswith("_" + tail) or k.endswith("_" + tail + "S")
+        )
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML itself lets the
+    last one win in silence, so a second ``policy:`` block would undo the first)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {line})", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,
+)
+
+
 def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -545,7 +608,13 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         (item_kind, _) = typing.get_args(kind)
-        items = _split(value) if isinstance(value, str) else value
+        items: Any
+        if isinstance(value, str):
+            items = _split(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            items = [value]  # one scalar is a list of one (`ports: 443`), as a string is
+        else:
+            items = value
         if not isinstance(items, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(item, item_kind, f"{where}[{i}]") for i, item in enumerate(items))
@@ -608,6 +677,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{path}: expected a list of strings") from None
             raise
         check = fields[key].metadata.get("check")
+        if isinstance(check, _OneOf) and isinstance(coerced, str):
+            coerced = coerced.lower()
         message = check(coerced) if check is not None else None
         if message:
             # Rule checks name the bad item themselves ("..., got '70000x'").
@@ -642,7 +713,7 @@ def load(
     tree: dict[str, Any] = {}
     if file_text:
         try:
-            loaded = yaml.safe_load(file_text)
+            loaded = yaml.load(file_text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file: not valid YAML ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -651,9 +722,9 @@ def load(
             )
         tree = loaded or {}
     for path, _, _ in iter_keys():
-        name = env_name(path) if path != ("listeners",) else ENV_PREFIX + "LISTEN"
-        if environ is not None and name in environ:
-            _set(tree, path, environ[name])
+        for name in _env_names(path):
+            if environ is not None and name in environ:
+                _set(tree, path, environ[name])
     for path, value in (flags or {}).items():
         if isinstance(value, list):  # a repeated flag; each value may be a comma-separated list
             _set(tree, path, [item for text in value for item in _split(text)])

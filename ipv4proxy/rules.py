@@ -50,6 +50,8 @@ def parse_ports(items: Iterable[str]) -> frozenset[int]:
 
 
 def port_problem(items: tuple[str, ...]) -> str | None:
+    if not items:
+        return "expected at least one port: an empty list would refuse every request"
     try:
         parse_ports(items)
     except ValueError as exc:

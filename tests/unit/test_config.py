@@ -23,6 +23,7 @@ from ipv4proxy.config import (
     load,
     parse_hostport,
     to_yaml,
+    unknown_environment,
 )
 from ipv4proxy.errors import ConfigError
 
@@ -244,3 +245,56 @@ def test_changed_keys_names_keys_not_values() -> None:
     new = load("dialer: {connect_timeout: 3}\nlog: {format: json}")
     assert changed_keys(old, new) == ["log.format", "dialer.connect_timeout"]
     assert changed_keys(old, old) == []
+
+
+def test_unknown_variables_are_named_with_the_nearest_setting() -> None:
+    warnings = unknown_environment(
+        {
+            "IPV4PROXY_DIALER_CONECT_TIMEOUT": "1",
+            "IPV4PROXY_NAMESERVER": "1.1.1.1",
+            "IPV4PROXY_LISTEN": "127.0.0.1:1",
+            "IPV4PROXY_LISTENERS": "127.0.0.1:1",
+            "IPV4PROXY_CONFIG": "/etc/ipv4proxy.yaml",
+            "IPV4PROXY_QUUX": "1",
+            "HOME": "/root",
+        }
+    )
+    assert warnings == [
+        "IPV4PROXY_DIALER_CONECT_TIMEOUT is not a setting and is ignored"
+        " (did you mean IPV4PROXY_DIALER_CONNECT_TIMEOUT?)",
+        "IPV4PROXY_NAMESERVER is not a setting and is ignored"
+        " (did you mean IPV4PROXY_RESOLVER_NAMESERVERS?)",
+        "IPV4PROXY_QUUX is not a setting and is ignored",
+    ]
+
+
+def test_listeners_variable_follows_the_naming_rule_too() -> None:
+    assert load(None, {"IPV4PROXY_LISTENERS": "127.0.0.1:4000"}).listeners[0].port == 4000
+    assert load(None, {"IPV4PROXY_LISTEN": "127.0.0.1:4001"}).listeners[0].port == 4001
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("policy: {ports: [80]}\npolicy: {ports: [443]}\n", "duplicate key 'policy' (line 2)"),
+        ("log: {level: info, level: debug}\n", "duplicate key 'level'"),
+        ("policy: {ports: []}\n", "policy.ports: expected at least one port"),
+        ("listeners: [':3131']\n", "the host is missing in ':3131'"),
+    ],
+)
+def test_uneven_input_is_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(text)
+
+
+def test_an_empty_port_list_from_the_environment_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"policy\.ports: expected at least one port"):
+        load(None, {"IPV4PROXY_POLICY_PORTS": ""})
+
+
+def test_words_in_any_case_and_a_scalar_for_a_list() -> None:
+    config = load(
+        "log: {level: DEBUG, format: JSON}\npolicy: {ports: 443, deny_cidrs: 10.0.0.0/8}\n"
+    )
+    assert (config.log.level, config.log.format) == ("debug", "json")
+    assert (config.policy.ports, config.policy.deny_cidrs) == (("443",), ("10.0.0.0/8",))
