@@ -167,6 +167,10 @@ def reload(proxy: Proxy, argv: Sequence[str], environ: Mapping[str, str]) -> boo
     return True
 
 
+def _connections(count: int) -> str:
+    return f"{count} connection" if count == 1 else f"{count} connections"
+
+
 async def run(
     config: Config, policy: Policy | None, argv: Sequence[str], environ: Mapping[str, str]
 ) -> int:
@@ -204,7 +208,7 @@ async def run(
     lifecycle(
         log,
         "draining",
-        f"draining: not ready, listeners closed, {open_now} connections open; "
+        f"draining: not ready, listeners closed, {_connections(open_now)} open; "
         f"what is still open after {grace:g} s is cut",
         open=open_now,
         grace_period=grace,
@@ -212,7 +216,7 @@ async def run(
     cut = await proxy.drain(grace, force)
     if admin is not None:
         await admin.close()
-    lifecycle(log, "stopped", f"stopped; {cut} connections cut", cut=cut)
+    lifecycle(log, "stopped", f"stopped; {_connections(cut)} cut", cut=cut)
     return 1 if force.is_set() else 0
 
 

@@ -190,12 +190,19 @@ def lifecycle(
     logger.log(level, "%s", message, extra={"event": name, "fields": fields, "with_message": True})
 
 
+def utc_time(record: logging.LogRecord) -> str:
+    """The record's time in UTC, ISO 8601 with milliseconds: ``2026-12-03T07:03:43.709Z``
+    (both formats: a line reads the same on every host and in every time zone)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{stamp}.{int(record.msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line; an event's fields sit beside ``event`` at the top level."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": utc_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -231,10 +238,7 @@ class TextFormatter(logging.Formatter):
         message = record.getMessage()
         if getattr(record, "event", None) is None or getattr(record, "with_message", False):
             message = escape(message, quote=False)
-        line = (
-            f"{self.formatTime(record, self.datefmt)} {record.levelname} "
-            f"{escape(record.name, quote=False)} {message}"
-        )
+        line = f"{utc_time(record)} {record.levelname} {escape(record.name, quote=False)} {message}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -260,7 +264,6 @@ def setup_logging(level: str, format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if format == "json":
         formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = time.gmtime
     else:
         formatter = TextFormatter()
     handler.setFormatter(formatter)

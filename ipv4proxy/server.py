@@ -39,6 +39,7 @@ import gc
 import logging
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from typing import cast
 
@@ -418,7 +419,7 @@ class _TunnelEnd:
             connect_ms=round((self.connected - started) * 1000, 1),
             sent=tunnel.client.received,
             received=tunnel.upstream.received,
-            duration_ms=round((proxy.loop.time() - started) * 1000, 1),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
             outcome=outcome,
         )
 
@@ -624,7 +625,7 @@ class Session(asyncio.Protocol):
             client=self.client,
             protocol=request.protocol,
             target=target,
-            started=proxy.loop.time(),
+            started=time.monotonic(),
         )
         tunnel = Tunnel(closed, proxy.buffers)
         pump = tunnel.upstream
@@ -695,7 +696,7 @@ class Session(asyncio.Protocol):
             return
         proxy = self.proxy
         closed = cast(_TunnelEnd, tunnel.on_closed)
-        closed.connected = connected = proxy.loop.time()
+        closed.connected = connected = time.monotonic()
         if not closed.address:  # made directly by the loop: the route's one address
             assert self.route is not None
             closed.address = self.route.addresses[0]

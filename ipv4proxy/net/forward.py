@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 from ipv4proxy.errors import Failure, ProtocolError, ProxyError
@@ -352,7 +353,7 @@ class ForwardTunnel(Tunnel):
             old.transport.close()
         self.framer.drop_upstream()
         head = self.framer.start_request(fresh=True)
-        leg = _Leg(request.target, self.loop.time())
+        leg = _Leg(request.target, time.monotonic())
         pump = UpstreamPump(self, self.buffers, leg)
         pump.peer = self.client
         # Response bytes of the old origin still queued to the client: the client pump's
@@ -376,7 +377,7 @@ class ForwardTunnel(Tunnel):
             return
         leg = pump.leg
         leg.address, leg.via = connection.address, connection.via
-        leg.connected = now = self.loop.time()
+        leg.connected = now = time.monotonic()
         tune_socket(transport.get_extra_info("socket"))
         if self._client_gone():
             transport.close()
@@ -544,6 +545,6 @@ class ForwardTunnel(Tunnel):
             sent=leg.sent,
             received=leg.received,
             requests=leg.requests,
-            duration_ms=round((self.loop.time() - leg.started) * 1000, 1),
+            duration_ms=round((time.monotonic() - leg.started) * 1000, 1),
             outcome=outcome,
         )

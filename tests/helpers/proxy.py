@@ -79,9 +79,10 @@ class ProxyStartError(RuntimeError):
 
 
 def _logged_at(line: str) -> float:
-    """Epoch seconds of a text log line's ``%(asctime)s`` stamp (local time, milliseconds)."""
+    """Epoch seconds of a text log line's stamp (UTC, ``2026-12-03T07:03:43.709Z``)."""
     try:
-        return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        stamp = datetime.datetime.strptime(line[:24], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return stamp.replace(tzinfo=datetime.UTC).timestamp()
     except ValueError:
         return float("inf")  # not a stamped line: never passed over
 

@@ -18,12 +18,12 @@ from ipv4proxy.log import parse_fields
 
 USER, PASSWORD = b"alice", b"forging-test-password"
 FORGED = (
-    "\n2026-12-03 06:00:00,000 INFO ipv4proxy.access tunnel client=203.0.113.9:4444 "
+    "\n2026-12-03T06:00:00.000Z INFO ipv4proxy.access tunnel client=203.0.113.9:4444 "
     "protocol=socks5 target=bank.example:443 address=198.51.100.1 via=direct outcome=ok"
     "\r\x1b[2J\x00\u2028\x85"
 )
-# What a record of the text format starts with: the asctime stamp, a level, a logger.
-_RECORD = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+ ")
+# What a record of the text format starts with: the UTC stamp, a level, a logger.
+_RECORD = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) \S+ ")
 _LOG_SECONDS = 5.0
 
 

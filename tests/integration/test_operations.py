@@ -203,7 +203,7 @@ async def test_grace_period_end_cuts_what_is_left(
     assert await wait_exit(proxy) == 0
     assert await tunnel.read_to_eof() == b""
     await tunnel.close()
-    assert "stopped; 1 connections cut" in await wait_line(proxy, "stopped", mark)
+    assert "stopped; 1 connection cut" in await wait_line(proxy, "stopped", mark)
     fields = await proxy.access(client=tunnel.client, after=tunnel.opened)
     assert fields["outcome"] == "cut", fields
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ipv4proxy.log import event, lifecycle, setup_logging
+from ipv4proxy.log import JsonFormatter, TextFormatter, event, lifecycle, setup_logging
 
 
 @pytest.fixture
@@ -54,3 +54,10 @@ def test_text_lines(stderr: Callable[[], str]) -> None:
     first, second = stderr().splitlines()
     assert first.endswith(" INFO ipv4proxy ready")
     assert second.endswith(' INFO ipv4proxy.access tunnel reason="two words"')
+
+
+def test_text_and_json_lines_are_stamped_in_utc() -> None:
+    record = logging.LogRecord("ipv4proxy", logging.INFO, "x", 1, "ready", None, None)
+    record.created, record.msecs = 1_780_470_223.709, 709.0  # 2026-06-03 07:03:43.709 UTC
+    assert TextFormatter().format(record) == "2026-06-03T07:03:43.709Z INFO ipv4proxy ready"
+    assert json.loads(JsonFormatter().format(record))["time"] == "2026-06-03T07:03:43.709Z"

@@ -99,13 +99,13 @@ def test_unescape_refuses_what_escape_never_writes(bad: str) -> None:
 
 
 def test_parse_fields_skips_the_words_before_the_fields() -> None:
-    line = '2026-12-03 06:00:00,000 INFO ipv4proxy.access tunnel client=127.0.0.1:1 reason="a b"'
+    line = '2026-12-03T06:00:00.000Z INFO ipv4proxy.access tunnel client=127.0.0.1:1 reason="a b"'
     assert parse_fields(line) == {"client": "127.0.0.1:1", "reason": "a b"}
 
 
 # The forging shapes of issue 12: a line break, a whole access line, a terminal escape.
 FORGED = (
-    "x\n2026-12-03 06:00:00,000 INFO ipv4proxy.access tunnel client=1.2.3.4:1 outcome=ok\x1b[2J"
+    "x\n2026-12-03T06:00:00.000Z INFO ipv4proxy.access tunnel client=1.2.3.4:1 outcome=ok\x1b[2J"
 )
 
 
@@ -189,7 +189,7 @@ def test_a_message_and_a_traceback_with_any_text_are_one_line(text: str) -> None
     logger.warning("setting up %s failed", text)
     line = _fresh()
     _single_line(line)
-    assert unescape(line.split(" ", 4)[4][:-1]) == f"setting up {text} failed"
+    assert unescape(line.split(" ", 3)[3][:-1]) == f"setting up {text} failed"
     try:
         raise ValueError(f"<{text}>")
     except ValueError:
