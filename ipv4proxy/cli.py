@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 
 import uvloop
 
+from ipv4proxy import __version__
 from ipv4proxy.admin import Admin
 from ipv4proxy.config import (
     Config,
@@ -69,18 +71,67 @@ ALIASES: Mapping[tuple[str, ...], tuple[str, ...]] = {
 }
 
 
+# What `doctor` reads of the configuration: the resolver and dialer it diagnoses with.
+_DOCTOR_SECTIONS = ("resolver", "dialer", "log")
+
+_COMMANDS_HELP = """commands:
+  ipv4proxy [FLAGS]                      run the proxy
+  ipv4proxy check-config [FLAGS]         validate, print the effective configuration, exit
+  ipv4proxy doctor [FLAGS] HOST[:PORT]   diagnose one destination from this machine
+
+Every flag is also an environment variable: --dialer-connect-timeout is
+IPV4PROXY_DIALER_CONNECT_TIMEOUT. Precedence: flag > environment > file > default.
+Every key with its default and meaning: deploy/config.example.yaml."""
+
+
+def _metavar(path: tuple[str, ...], kind: Any, f: dataclasses.Field[Any]) -> str:
+    """A placeholder that says what a flag takes (not argparse's VALUE for all)."""
+    name = path[-1]
+    choices = getattr(f.metadata.get("check"), "choices", None)
+    if choices:
+        return "|".join(choices)
+    if typing.get_origin(kind) is tuple:
+        return "HOST:PORT" if name == "listeners" else "ITEM[,ITEM...]"
+    if kind is bool:
+        return "true|false"
+    if kind is int:
+        return "BYTES" if name.endswith("memory") else "N"
+    if kind is float:
+        seconds = ("timeout", "period", "delay", "cooldown", "ttl", "window")
+        return "SECONDS" if any(word in name for word in seconds) else "NUMBER"
+    if name in ("listen",) or name.endswith("_listen"):
+        return "HOST:PORT"
+    if name.endswith("_file") or name.endswith("_conf"):
+        return "PATH"
+    return "TEXT"
+
+
+def _default(f: dataclasses.Field[Any]) -> str:
+    value = f.default
+    if f.metadata.get("secret") or value is dataclasses.MISSING:
+        return ""
+    if isinstance(value, tuple):
+        return f" (default: {','.join(map(str, value))})" if value else ""
+    if value in ("", None):
+        return ""
+    return f" (default: {value})"
+
+
 def _parser(command: str = "run") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipv4proxy" if command == "run" else f"ipv4proxy {command}",
-        description="Egress proxy (HTTP CONNECT, HTTP, SOCKS4a/5 on one port) "
-        "that reaches every destination over IPv4 only.",
-        epilog="Every flag is also an environment variable: --dialer-connect-timeout is "
-        "IPV4PROXY_DIALER_CONNECT_TIMEOUT. Precedence: flag > environment > file > default.",
+        description="Egress proxy (HTTP CONNECT, HTTP, SOCKS4a/5 on one port) that reaches\n"
+        "every destination over IPv4 only.",
+        epilog=_COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ipv4proxy {__version__}")
     parser.add_argument(
         "--config", metavar="PATH", help="YAML configuration file (env IPV4PROXY_CONFIG)"
     )
     for path, kind, f in iter_keys():
+        if command == "doctor" and path[0] not in _DOCTOR_SECTIONS:
+            continue
         names = ALIASES.get(path, ())
         canonical = flag_name(path)
         options = (*names, canonical) if canonical not in names else names
@@ -89,8 +140,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
             *options,
             dest="/".join(path),
             action="append" if repeatable else "store",
-            metavar="VALUE",
-            help=f.metadata.get("help", "") + (" (repeatable)" if repeatable else ""),
+            metavar=_metavar(path, kind, f),
+            help=f.metadata.get("help", "") + (" (repeatable)" if repeatable else "") + _default(f),
         )
     if command == "doctor":
         parser.add_argument("target", metavar="HOST[:PORT]", help="destination (port 443)")

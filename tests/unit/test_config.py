@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ipv4proxy import __version__
 from ipv4proxy.cli import main, parse
 from ipv4proxy.config import (
     MASK,
@@ -298,3 +299,32 @@ def test_words_in_any_case_and_a_scalar_for_a_list() -> None:
     )
     assert (config.log.level, config.log.format) == ("debug", "json")
     assert (config.policy.ports, config.policy.deny_cidrs) == (("443",), ("10.0.0.0/8",))
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_commands_placeholders_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["--help"], capsys)
+    assert "ipv4proxy check-config [FLAGS]" in text
+    assert "ipv4proxy doctor [FLAGS] HOST[:PORT]" in text
+    assert "--connect-timeout SECONDS" in text
+    assert "--log-level debug|info|warning|error" in text
+    assert "VALUE" not in text
+    assert "(default: 10.0)" in text  # dialer.connect_timeout
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _help(["--version"], capsys).strip() == f"ipv4proxy {__version__}"
+
+
+def test_doctor_help_lists_only_what_doctor_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["doctor", "--help"], capsys)
+    assert "--resolver-timeout" in text
+    assert "--connect-timeout" in text
+    assert "--listen" not in text
+    assert "--policy-ports" not in text
