@@ -206,7 +206,7 @@ def reload(proxy: Proxy, argv: Sequence[str], environ: Mapping[str, str]) -> boo
             reason=str(exc),
         )
         return False
-    setup_logging(new.log.level, new.log.format)
+    setup_logging(new.log.level, new.log.format, access=new.log.access)
     proxy.metrics.reloads.labels("applied").inc()
     changed = changed_keys(old, new)  # key names only: values may be secrets
     lifecycle(
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"ipv4proxy: warning: {warning}", file=sys.stderr)
         print(to_yaml(config), end="")
         sys.exit(0)
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, access=config.log.access)
     for warning in unknown:
         log.warning("%s", warning)
     if command == "doctor":

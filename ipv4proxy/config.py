@@ -153,6 +153,11 @@ class LogConfig:
     format: str = _setting(
         "text", "text (key=value lines) or json (one object a line)", _one_of("text", "json")
     )
+    # One line per tunnel is what an operator audits by; a busy tier may not want them,
+    # but turning the level to warning would hide refusals and lifecycle lines too.
+    access: bool = _setting(
+        True, "one line per tunnel that ran; false leaves them out (refusals stay)"
+    )
     # A refusal line costs a client one TCP handshake. 100 a second per cause keeps every
     # real client's errors visible (a gateway's reconnect loop is a few a second) while a
     # flood costs at most ~20 KB/s of log per cause; the rest are counted in one line.

@@ -259,9 +259,19 @@ def lean_records() -> None:
     logging.logMultiprocessing = False
 
 
-def setup_logging(level: str, format: str = "text") -> None:
-    """Send log lines to stderr, as text (``time level logger message``) or JSON lines."""
+def _not_a_tunnel_end(record: logging.LogRecord) -> bool:
+    """False for the access line of a tunnel that ran (it has a duration); refusals and
+    everything else pass."""
+    fields = getattr(record, "fields", None)
+    return not (getattr(record, "event", None) == "tunnel" and fields and "duration_ms" in fields)
+
+
+def setup_logging(level: str, format: str = "text", *, access: bool = True) -> None:
+    """Send log lines to stderr, as text (``time level logger message``) or JSON lines;
+    without ``access``, the line of each tunnel that ran is left out (refusals stay)."""
     handler = logging.StreamHandler(sys.stderr)
+    if not access:
+        handler.addFilter(_not_a_tunnel_end)
     if format == "json":
         formatter: logging.Formatter = JsonFormatter()
     else:

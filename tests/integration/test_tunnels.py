@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from helpers.proxy import ProxyProcess
+from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
 from helpers.wire import Tunnel, http_connect, socks4_connect, socks5_request
 
@@ -122,3 +122,24 @@ def test_no_test_endpoint_listens_beyond_loopback(servers: TestServers) -> None:
     with socket.socket() as probe:
         probe.settimeout(5.0)
         assert probe.connect_ex(("127.0.0.2", servers.echo_port)) != 0
+
+
+async def test_access_lines_can_be_left_out_alone(
+    proxy_factory: ProxyFactory, servers: TestServers
+) -> None:
+    """log.access false: the line of a tunnel that ran is left out; refusals and lifecycle
+    lines stay (log.level warning would hide those too)."""
+    proxy = proxy_factory(("--log-access", "false"))
+    tunnel, answer = await http_connect(proxy.port, f"127.0.0.1:{servers.echo_port}")
+    assert answer.status == 200, answer
+    tunnel.writer.write(b"x")
+    assert await tunnel.read_exactly(1) == b"x"
+    await tunnel.close()
+    refused, answer = await http_connect(proxy.port, "[2001:db8::1]:443")
+    await refused.close()
+    assert answer.status == 502, answer
+    fields = await proxy.access(outcome="IPV6_LITERAL")
+    assert fields["target"] == "[2001:db8::1]:443", fields
+    lines = proxy.logs()
+    assert any(" ready" in line for line in lines)
+    assert not [line for line in lines if "outcome=ok" in line]
