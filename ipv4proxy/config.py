@@ -523,6 +523,27 @@ def _listeners_safe(config: Config) -> None:
         )
 
 
+def _addresses_distinct(config: Config) -> None:
+    """Refuse two listeners (or a listener and the admin listener) on one address and port:
+    the second bind would fail at start with a bare "address already in use". 0.0.0.0
+    overlaps every address on its port; port 0 (a free port each) never collides."""
+    bound = [
+        (f"listeners[{index}]", listener.host, listener.port)
+        for index, listener in enumerate(config.listeners)
+    ]
+    if config.admin.listen:
+        host, port = parse_hostport(config.admin.listen, key="admin.listen")
+        bound.append(("admin.listen", host, port))
+    for later, (key, host, port) in enumerate(bound):
+        for other, other_host, other_port in bound[:later]:
+            same_address = host == other_host or "0.0.0.0" in (host, other_host)  # noqa: S104
+            if port and port == other_port and same_address:
+                raise ConfigError(
+                    f"{key}: {host}:{port} is also {other} ({other_host}:{other_port});"
+                    " give each listener its own address or port"
+                )
+
+
 # -- the generic part: walking the tree --------------------------------------------------
 
 
@@ -741,6 +762,7 @@ def load(
     if not config.listeners:
         raise ConfigError("listeners: expected at least one listener")
     _listeners_safe(config)
+    _addresses_distinct(config)
     return config
 
 

@@ -328,3 +328,28 @@ def test_doctor_help_lists_only_what_doctor_reads(capsys: pytest.CaptureFixture[
     assert "--connect-timeout" in text
     assert "--listen" not in text
     assert "--policy-ports" not in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            {("listeners",): ["127.0.0.1:3131", "127.0.0.1:3131"]},
+            "listeners[1]: 127.0.0.1:3131 is also listeners[0] (127.0.0.1:3131)",
+        ),
+        (
+            {("listeners",): ["127.0.0.1:9128"]},
+            "admin.listen: 127.0.0.1:9128 is also listeners[0] (127.0.0.1:9128)",
+        ),
+    ],
+)
+def test_one_address_is_bound_once(flags: dict[tuple[str, ...], list[str]], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(None, None, flags)
+
+
+def test_port_zero_and_other_addresses_do_not_collide() -> None:
+    flags: dict[tuple[str, ...], str | list[str]] = {
+        ("listeners",): ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.2:9128"]
+    }
+    assert len(load(None, None, flags).listeners) == 3
