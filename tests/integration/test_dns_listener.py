@@ -302,3 +302,32 @@ def test_an_upstream_that_is_the_listener_is_refused_at_start(tmp_path: Path) ->
     )
     assert running.returncode == 2
     assert "dns.upstreams" in running.stderr
+
+
+# --- doctor and check-config -----------------------------------------------------------------
+
+
+def test_doctor_shows_what_a_dns_client_gets(
+    listener: tuple[ProxyProcess, int], upstream: Dnsmasq, closed_port: int
+) -> None:
+    _, port = listener
+    args = ["doctor", "--nameserver", f"127.0.0.1:{upstream.port}", "--hosts-file", "/dev/null"]
+    done = run_ipv4proxy([*args, "--dns-listen", f"127.0.0.1:{port}", f"dual.test:{closed_port}"])
+    assert done.returncode in (0, 1), done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("DNS mode"))
+    assert f"127.0.0.1:{port}: A 127.0.0.1; AAAA none (NOERROR, 0 records)" in line
+    report = json.loads(
+        run_ipv4proxy([*args, "--dns-listen", f"127.0.0.1:{port}", "--json", "dual.test:1"]).stdout
+    )
+    assert "AAAA none" in report["dns_listener"]
+    without = run_ipv4proxy([*args, "--json", "dual.test:1"])
+    assert json.loads(without.stdout)["dns_listener"] is None
+
+
+def test_check_config_shows_the_dns_section() -> None:
+    done = run_ipv4proxy(
+        ["check-config", "--dns-listen", "127.0.0.1:5300", "--dns-upstreams", "10.96.0.10"]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "dns:\n  listen:\n  - 127.0.0.1:5300\n" in done.stdout
+    assert "client_rate: 200" in done.stdout
