@@ -168,7 +168,7 @@ class Metrics:
         )
         self.dns_query_seconds = Histogram(
             "ipv4proxy_dns_query_seconds",
-            "Seconds from a DNS listener query to its answer",
+            "Seconds from a DNS listener query to its answer (refusals not included)",
             buckets=DNS_BUCKETS,
             registry=r,
         )
@@ -235,10 +235,11 @@ class Metrics:
         """The resolver's hook: one call per lookup, with one of LOOKUP_RESULTS."""
         self.dns_lookups.labels(result).inc()
 
-    def dns_query(self, qtype: str, outcome: str, seconds: float) -> None:
-        """The DNS listener's hook: one call per query answered."""
+    def dns_query(self, qtype: str, outcome: str, seconds: float | None) -> None:
+        """The DNS listener's hook: one call per query; ``seconds`` None for a refusal."""
         self.dns_queries.labels(qtype, outcome).inc()
-        self.dns_query_seconds.observe(seconds)
+        if seconds is not None:
+            self.dns_query_seconds.observe(seconds)
 
     def dns_upstream_failure(self, cause: str) -> None:
         self.dns_upstream_failures.labels(cause).inc()

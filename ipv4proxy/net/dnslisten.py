@@ -331,7 +331,7 @@ class DnsListener:
             outcome = "rate_limited"
         if outcome is None:
             return None
-        self._done(client, query, outcome, 0.0)
+        self._done(client, query, outcome, None)
         return dnsrewrite.refused(query.message)
 
     async def answer(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
@@ -366,9 +366,10 @@ class DnsListener:
         self._done(client, query, outcome, started)
         return result.wire
 
-    def _done(self, client: str, query: Question, outcome: str, started: float) -> None:
-        seconds = max(0.0, self._clock() - started) if started else 0.0
-        self.metrics.dns_query(query.qtype_label, outcome, seconds)
+    def _done(self, client: str, query: Question, outcome: str, started: float | None) -> None:
+        """Count and log one query; ``started`` is None for a refusal (no latency)."""
+        seconds = max(0.0, self._clock() - started) if started is not None else 0.0
+        self.metrics.dns_query(query.qtype_label, outcome, seconds if started is not None else None)
         event(
             log,
             "dns_query",
@@ -477,7 +478,11 @@ class _UdpServer(asyncio.DatagramProtocol):
     async def _answer(
         self, client: str, query: Question, data: bytes, addr: tuple[str | int, int]
     ) -> None:
-        wire = await self.listener.answer(client, query, data, tcp=False)  # ops: never raises
+        try:
+            wire = await self.listener.answer(client, query, data, tcp=False)
+        except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
+            log.exception("dns query failed")
+            wire = dnsrewrite.servfail(query.message)
         if len(wire) > query.payload:
             wire = dnsrewrite.truncated(query.message, wire)
         transport = self.transport
@@ -552,7 +557,11 @@ class _TcpClient(asyncio.Protocol):
                 return
             wire = self.listener.admit(self.client, query)
             if wire is None:
-                wire = await self.listener.answer(self.client, query, data, tcp=True)
+                try:
+                    wire = await self.listener.answer(self.client, query, data, tcp=True)
+                except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
+                    log.exception("dns query failed")
+                    wire = dnsrewrite.servfail(query.message)
             transport = self.transport
             if transport is None or transport.is_closing():
                 return

@@ -13,7 +13,9 @@ import json
 import re
 import shutil
 import signal
+import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,8 +26,10 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.ci import unavailable
+from helpers.dnsfake import ScriptedNameserver
 from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.dnsmode import DNS_MODE_ARGS, EchoUpstream, zone_args
 from helpers.programs import run_ipv4proxy, run_node, run_program
@@ -47,8 +51,11 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, zone: EchoUpstream) -> It
     yield from running_dnsmasq(directory, (*DNS_MODE_ARGS, *zone_args(zone.port)))
 
 
-def _start(factory: ProxyFactory, args: Sequence[str]) -> tuple[ProxyProcess, int]:
-    proxy = factory(["--dns-listen", "127.0.0.1:0", "--log-level", "debug", *args])
+def _start(
+    factory: ProxyFactory, args: Sequence[str], *, listen_flag: bool = True
+) -> tuple[ProxyProcess, int]:
+    listen = ["--dns-listen", "127.0.0.1:0"] if listen_flag else []
+    proxy = factory([*listen, "--log-level", "debug", *args])
     line = proxy.wait_for_line(lambda text: _DNS_LINE.search(text) is not None, 20)
     assert line is not None, "\n".join(proxy.logs())
     match = _DNS_LINE.search(line)
@@ -331,3 +338,75 @@ def test_check_config_shows_the_dns_section() -> None:
     assert done.returncode == 0, done.stderr
     assert "dns:\n  listen:\n  - 127.0.0.1:5300\n" in done.stdout
     assert "client_rate: 200" in done.stdout
+
+
+# --- bounds and metrics ------------------------------------------------------------------------
+
+
+def test_over_max_in_flight_is_servfail_at_once(proxy_factory: ProxyFactory) -> None:
+    with ScriptedNameserver("drop") as silent:
+        proxy, port = _start(
+            proxy_factory,
+            ["--dns-upstreams", f"127.0.0.1:{silent.port}", "--dns-max-in-flight", "1"],
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.sendto(dns.message.make_query("held.test", "A").to_wire(), ("127.0.0.1", port))
+            for _ in range(100):  # until the upstream holds it; bounded
+                if silent.distinct_names():
+                    break
+                time.sleep(0.05)
+            assert silent.distinct_names() == 1
+            assert _udp(port, "other.test", "A").rcode() == dns.rcode.SERVFAIL
+        assert proxy.wait_for_line(lambda t: "outcome=busy" in t, 5) is not None
+
+
+def test_metrics_count_queries_by_type_and_outcome(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq
+) -> None:
+    proxy, port = _start(
+        proxy_factory,
+        ["--dns-upstreams", f"127.0.0.1:{upstream.port}", "--admin-listen", "127.0.0.1:0"],
+    )
+    _udp(port, "dual.test", "AAAA")
+    _udp(port, "svc.test", "HTTPS")
+    _udp(port, "dual.test", "A")
+    _udp(port, "dual.test", "A")
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{proxy.admin_port}/metrics", timeout=_TIMEOUT
+    ) as response:
+        page = response.read().decode()
+    values = {
+        f"{s.name}{dict(sorted(s.labels.items()))}": s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'nodata_aaaa', 'qtype': 'AAAA'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'ok', 'qtype': 'HTTPS'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'ok', 'qtype': 'A'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'cached', 'qtype': 'A'}"] == 1
+    assert values["ipv4proxy_dns_aaaa_emptied_total{}"] == 1
+    assert values["ipv4proxy_dns_ipv6hints_removed_total{}"] == 1
+    assert values["ipv4proxy_dns_query_seconds_count{}"] == 4
+
+
+def test_reload_applies_new_dns_settings_and_refuses_a_new_listen(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f"dns: {{listen: ['127.0.0.1:0'], upstreams: ['127.0.0.1:{upstream.port}']"
+    config.write_text(base + "}\n")
+    proxy, port = _start(proxy_factory, ["--config", str(config)], listen_flag=False)
+    assert _udp(port, "dual.test", "A").rcode() == dns.rcode.NOERROR
+    config.write_text(base + ", clients: ['10.0.0.0/8']}\n")
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGHUP)
+    line = proxy.wait_for_line(lambda t: "reloaded configuration" in t, 10, mark)
+    assert line is not None
+    assert "dns.clients" in line
+    assert _udp(port, "dual.test", "A").rcode() == dns.rcode.REFUSED
+    config.write_text("dns: {listen: ['127.0.0.1:5301']}\n")
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGHUP)
+    refused = proxy.wait_for_line(lambda t: "reload refused" in t, 10, mark)
+    assert refused is not None
+    assert "dns.listen cannot change" in refused
