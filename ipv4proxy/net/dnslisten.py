@@ -27,6 +27,10 @@ Rules:
 - Loop safety: when an upstream is one of the listen addresses (or the listener is on
   0.0.0.0 and an upstream is this host), `loop_problem` names it and the proxy refuses
   to start.
+- Upstream UDP queries use a connected socket each (at most ``dns.max_in_flight`` at
+  once), not the resolver's pooled client (``dnsclient``): that one parses every answer
+  and drops what it cannot parse, while this listener passes the upstream's bytes on
+  untouched when nothing is to be rewritten, and answers SERVFAIL to unparseable ones.
 - Bounded: in-flight queries, cached answers, rate buckets (``_MAX_BUCKETS``), TCP
   connections (``_MAX_TCP``), queries per TCP connection and its idle time.
 """
@@ -334,8 +338,10 @@ class DnsListener:
         self._done(client, query, outcome, None)
         return dnsrewrite.refused(query.message)
 
-    async def answer(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
-        """The answer to one admitted query (never raises for upstream trouble)."""
+    def at_once(self, client: str, query: Question) -> bytes | None:
+        """An answer without going upstream (cached, or SERVFAIL over dns.max_in_flight),
+        or None: then a slot is taken here, synchronously, and `forward` must follow (so
+        a burst of datagrams cannot start more forwards than the cap)."""
         started = self._clock()
         cached = self.cache.get(query)
         if cached is not None:
@@ -345,6 +351,11 @@ class DnsListener:
             self._done(client, query, "busy", started)
             return dnsrewrite.servfail(query.message)
         self.in_flight += 1
+        return None
+
+    async def forward(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
+        """The answer from upstream to a query `at_once` took a slot for; frees the slot."""
+        started = self._clock()
         try:
             response = await self._forward(query, wire, tcp)
         finally:
@@ -468,9 +479,9 @@ class _UdpServer(asyncio.DatagramProtocol):
         query = dnsrewrite.parse_query(data)
         if query is None or self.transport is None:
             return  # not a query: dropped (an answer to it could be used for reflection)
-        refusal = self.listener.admit(client, query)
-        if refusal is not None:
-            self.transport.sendto(refusal, addr)
+        now = self.listener.admit(client, query) or self.listener.at_once(client, query)
+        if now is not None:
+            self._send(query, now, addr)
             return
         task = asyncio.ensure_future(self._answer(client, query, data, addr))
         self.listener.spawn(task)
@@ -479,10 +490,13 @@ class _UdpServer(asyncio.DatagramProtocol):
         self, client: str, query: Question, data: bytes, addr: tuple[str | int, int]
     ) -> None:
         try:
-            wire = await self.listener.answer(client, query, data, tcp=False)
+            wire = await self.listener.forward(client, query, data, tcp=False)
         except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
             log.exception("dns query failed")
             wire = dnsrewrite.servfail(query.message)
+        self._send(query, wire, addr)
+
+    def _send(self, query: Question, wire: bytes, addr: tuple[str | int, int]) -> None:
         if len(wire) > query.payload:
             wire = dnsrewrite.truncated(query.message, wire)
         transport = self.transport
@@ -555,10 +569,12 @@ class _TcpClient(asyncio.Protocol):
             if query is None:
                 self._close()
                 return
-            wire = self.listener.admit(self.client, query)
+            wire = self.listener.admit(self.client, query) or self.listener.at_once(
+                self.client, query
+            )
             if wire is None:
                 try:
-                    wire = await self.listener.answer(self.client, query, data, tcp=True)
+                    wire = await self.listener.forward(self.client, query, data, tcp=True)
                 except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
                     log.exception("dns query failed")
                     wire = dnsrewrite.servfail(query.message)
