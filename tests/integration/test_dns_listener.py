@@ -410,3 +410,21 @@ def test_reload_applies_new_dns_settings_and_refuses_a_new_listen(
     refused = proxy.wait_for_line(lambda t: "reload refused" in t, 10, mark)
     assert refused is not None
     assert "dns.listen cannot change" in refused
+
+
+def test_nothing_to_rewrite_means_the_upstreams_bytes(proxy_factory: ProxyFactory) -> None:
+    with EchoUpstream() as echo:
+        _, port = _start(proxy_factory, ["--dns-upstreams", f"127.0.0.1:{echo.port}"])
+        cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"fedcba98")
+        query = dns.message.make_query(
+            "same.test", "A", use_edns=0, want_dnssec=True, options=[cookie]
+        )
+        query.flags |= dns.flags.CD
+        wire = query.to_wire()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(_TIMEOUT)
+            sock.sendto(wire, ("127.0.0.1", echo.port))
+            direct = sock.recv(65535)
+            sock.sendto(wire, ("127.0.0.1", port))
+            through = sock.recv(65535)
+        assert through == direct
