@@ -142,7 +142,8 @@ class Metrics:
         self.dns_queries = Counter(
             "ipv4proxy_dns_queries",
             "DNS listener queries by type (A, AAAA, HTTPS, SVCB, ANY, other) and outcome (ok, "
-            "cached, nodata_aaaa: an AAAA query answered, never with an address, refused: a "
+            "cached, nodata_aaaa: an AAAA query the upstream answered NOERROR, answered "
+            "without addresses, refused: a "
             "client not in dns.clients, rate_limited, busy: dns.max_in_flight reached, "
             "upstream_failure: no upstream answered, servfail: the upstream's answer was no "
             "answer)",

@@ -373,7 +373,10 @@ class DnsListener:
         if result.aaaa_emptied:
             self.metrics.dns_aaaa_emptied.inc()
         self.cache.put(query, result.wire)
-        outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA else "ok"
+        # An AAAA question the upstream answered NOERROR: answered without addresses. Its
+        # NXDOMAIN or SERVFAIL went on as it came, and counts as ok.
+        noerror = (result.wire[3] & 0x0F) == dns.rcode.NOERROR
+        outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA and noerror else "ok"
         self._done(client, query, outcome, started)
         return result.wire
 
