@@ -10,6 +10,8 @@ an upstream that is down, and the loop check at start.
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import shutil
 import signal
@@ -32,10 +34,10 @@ from helpers.ci import unavailable
 from helpers.dnsfake import ScriptedNameserver
 from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.dnsmode import DNS_MODE_ARGS, EchoUpstream, zone_args
-from helpers.programs import run_ipv4proxy, run_node, run_program
+from helpers.programs import NODE_DIR, node_command, run_ipv4proxy, run_node, run_program
 from helpers.proxy import ProxyFactory, ProxyProcess
 
-_DNS_LINE = re.compile(r"dns listening on 127\.0\.0\.1:(\d+) \(udp, tcp\)")
+_DNS_LINE = re.compile(r"dns listening on 127\.[0-9.]+:(\d+) \(udp, tcp\)")
 _TIMEOUT = 3.0
 
 
@@ -428,3 +430,35 @@ def test_nothing_to_rewrite_means_the_upstreams_bytes(proxy_factory: ProxyFactor
             sock.sendto(wire, ("127.0.0.1", port))
             through = sock.recv(65535)
         assert through == direct
+
+
+def test_node_lookup_through_resolv_conf_gets_ipv4_only(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    """dns.lookup (getaddrinfo, what ws, fetch and https.get use) with a resolv.conf that
+    names the listener, and nothing else changed: a mount namespace swaps /etc/resolv.conf
+    for the node process only. resolv.conf takes no port, so the listener binds :53 on a
+    loopback address of its own (root only)."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        unavailable("needs root and unshare (util-linux) to bind :53 and swap resolv.conf")
+    address = f"127.77.{random.randint(1, 254)}.53"
+    _start(
+        proxy_factory,
+        ["--dns-listen", f"{address}:53", "--dns-upstreams", f"127.0.0.1:{upstream.port}"],
+        listen_flag=False,
+    )
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\noptions timeout:2 attempts:2\n")
+    swap = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    command = [unshare, "--mount", "--propagation", "private", "sh", "-c", swap, "sh"]
+    result = run_program(
+        [*command, str(resolv), *node_command("dns-lookup.mjs", ["dual.test", "alias.test"])],
+        cwd=NODE_DIR,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    for name in ("dual.test", "alias.test"):
+        assert answers[name] == {"ok": [{"address": "127.0.0.1", "family": 4}]}, answers
+    asked = {(q.qtype, q.name) for q in upstream.queries()}
+    assert ("AAAA", "dual.test") in asked  # getaddrinfo asked for AAAA and got none
