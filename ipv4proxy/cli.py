@@ -77,8 +77,9 @@ ALIASES: Mapping[tuple[str, ...], tuple[str, ...]] = {
 }
 
 
-# What `doctor` reads of the configuration: the resolver and dialer it diagnoses with.
-_DOCTOR_SECTIONS = ("resolver", "dialer", "log")
+# What `doctor` reads of the configuration: the resolver and dialer it diagnoses with, and
+# the DNS listener it asks (dns.listen).
+_DOCTOR_SECTIONS = ("resolver", "dialer", "log", "dns")
 
 _COMMANDS_HELP = """commands:
   ipv4proxy [FLAGS]                      run the proxy
