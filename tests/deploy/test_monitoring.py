@@ -60,6 +60,7 @@ RATE_INTERVAL = "1m"
 # the load, one HTTP API call, and the proxy counting the tunnels the load closed.
 PROMTOOL_SECONDS = 30.0
 START_SECONDS = 20.0
+START_ATTEMPTS = 3
 SCRAPES_SECONDS = 20.0
 API_SECONDS = 5.0
 COUNT_SECONDS = 10.0
@@ -361,8 +362,18 @@ class Prometheus:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start it and wait (bounded) until it is ready; a port taken between choosing
+        and binding it gets another try on a fresh port."""
+        for _ in range(START_ATTEMPTS):
+            if self._start_once():
+                return
+            self.port = _free_port()
+        raise AssertionError(f"no free port in {START_ATTEMPTS} tries:\n{self.logs()}")
+
+    def _start_once(self) -> bool:
+        """True when ready; False when its port was taken."""
         with self.log.open("wb") as log:
-            self._process = subprocess.Popen(
+            process = self._process = subprocess.Popen(
                 [
                     _binary("prometheus"),
                     f"--config.file={self.config}",
@@ -377,12 +388,12 @@ class Prometheus:
             )
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise AssertionError(
-                    f"prometheus exited {self._process.returncode}:\n{self.logs()}"
-                )
+            if process.poll() is not None:
+                if "address already in use" in self.logs():
+                    return False
+                raise AssertionError(f"prometheus exited {process.returncode}:\n{self.logs()}")
             if self._ready():
-                return
+                return True
             time.sleep(POLL_SECONDS)
         raise AssertionError(f"prometheus not ready within {START_SECONDS} s:\n{self.logs()}")
 
