@@ -31,8 +31,9 @@ Rules:
   once), not the resolver's pooled client (``dnsclient``): that one parses every answer
   and drops what it cannot parse, while this listener passes the upstream's bytes on
   untouched when nothing is to be rewritten, and answers SERVFAIL to unparseable ones.
-- Bounded: in-flight queries, cached answers, rate buckets (``_MAX_BUCKETS``), TCP
-  connections (``_MAX_TCP``), queries per TCP connection and its idle time.
+- Bounded: in-flight queries, cached answers (count and bytes), rate buckets
+  (``_MAX_BUCKETS``), TCP connections (``_MAX_TCP``), the size of a query, queries per TCP
+  connection (pending and in all) and its idle time.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ _MAX_TCP = 256
 _TCP_QUERIES = 100
 _TCP_IDLE = 10.0
 _MAX_MESSAGE = 65535
+# A query is one question and an OPT record: a few hundred bytes at most (a 255-byte name,
+# a cookie). A TCP client announcing more is not asking a question; it is closed.
+_MAX_QUERY = 4096
+# Queries of one TCP connection read but not answered yet (RFC 7766 pipelining): a client
+# waits for answers long before this; with _MAX_TCP and _MAX_QUERY, 8 MiB at most.
+_TCP_PENDING = 8
+# Bytes of cached answers: resolver.cache_size bounds the count, this the size, since one
+# answer over TCP may be 64 KiB. Typical answers are 100-500 bytes: 8 MiB holds 10,000+.
+_CACHE_BYTES = 8 * 1024 * 1024
 
 
 class TokenBuckets:
@@ -123,8 +133,17 @@ class _Entry:
 class AnswerCache:
     """Rewritten answers by `Question.key`, served with their TTLs counted down."""
 
-    def __init__(self, size: int, clock: Clock, max_ttl: float, negative_max_ttl: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        clock: Clock,
+        max_ttl: float,
+        negative_max_ttl: float,
+        max_bytes: int = _CACHE_BYTES,
+    ) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.max_ttl = max_ttl
         self.negative_max_ttl = negative_max_ttl
         self._clock = clock
@@ -143,11 +162,20 @@ class AnswerCache:
         ttl = _cache_ttl(message, self.max_ttl, self.negative_max_ttl)
         if ttl is None or ttl < 1:
             return
+        if len(wire) > self.max_bytes:
+            return
         key = question.key
-        self._entries.pop(key, None)
+        self._drop(key)
         self._entries[key] = _Entry(wire, self._clock(), ttl)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self.bytes += len(wire)
+        while len(self._entries) > self.size or self.bytes > self.max_bytes:
+            _, oldest = self._entries.popitem(last=False)
+            self.bytes -= len(oldest.wire)
+
+    def _drop(self, key: tuple[str, int, int, bool, bool, bool]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= len(entry.wire)
 
     def get(self, question: Question) -> bytes | None:
         """The cached answer for ``question`` with its ID and TTLs of now, or None. Its
@@ -159,7 +187,7 @@ class AnswerCache:
             return None
         elapsed = int(self._clock() - entry.stored)
         if elapsed >= entry.ttl:
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         message = dnsrewrite.answered(entry.wire)
@@ -516,7 +544,7 @@ class _TcpClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self.asked = 0
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TCP_QUERIES)
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TCP_PENDING)
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
 
@@ -546,6 +574,9 @@ class _TcpClient(asyncio.Protocol):
         self._touch()
         while len(self.buffer) >= 2:
             size = struct.unpack("!H", self.buffer[:2])[0]
+            if size > _MAX_QUERY:
+                self._close()
+                return
             if len(self.buffer) < 2 + size:
                 break
             message = bytes(self.buffer[2 : 2 + size])

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -462,3 +463,16 @@ def test_node_lookup_through_resolv_conf_gets_ipv4_only(
         assert answers[name] == {"ok": [{"address": "127.0.0.1", "family": 4}]}, answers
     asked = {(q.qtype, q.name) for q in upstream.queries()}
     assert ("AAAA", "dual.test") in asked  # getaddrinfo asked for AAAA and got none
+
+
+def test_a_tcp_client_announcing_an_oversized_query_is_closed(
+    listener: tuple[ProxyProcess, int],
+) -> None:
+    """A query is a few hundred bytes; a length prefix of 60,000 is not a question (it would
+    make the listener hold 64 KiB per pending query): the connection closes unanswered,
+    and the next client is served."""
+    _, port = listener
+    with socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT) as sock:
+        sock.sendall(struct.pack("!H", 60_000) + b"\0" * 4096)
+        assert sock.recv(1) == b""  # closed, no answer
+    assert _tcp(port, "v4.test", "A").rcode() == dns.rcode.NOERROR

@@ -190,3 +190,19 @@ def test_bad_dns_settings_are_refused_naming_the_key(text: str, message: str) ->
     with pytest.raises(ConfigError, match="dns\\.") as info:
         load(text)
     assert message in str(info.value)
+
+
+def test_cache_is_bounded_in_bytes_as_well_as_in_answers() -> None:
+    clock = Clock()
+    questions = [_question(f"n{i}.example.", "A") for i in range(3)]
+    answers = [_answer(q, f"n{i}.example. 60 IN A 192.0.2.{i}") for i, q in enumerate(questions)]
+    size = len(answers[0])
+    cache = AnswerCache(10, clock, max_ttl=3600, negative_max_ttl=300, max_bytes=2 * size + 1)
+    for question, wire in zip(questions, answers, strict=True):
+        cache.put(question, wire)
+    assert cache.bytes <= 2 * size + 1
+    assert len(cache) == 2
+    assert cache.get(questions[0]) is None  # the least recently used went first
+    assert cache.get(questions[2]) is not None
+    cache.put(questions[0], answers[0] + b"\0" * (3 * size))  # over the whole budget
+    assert cache.get(questions[0]) is None
