@@ -304,10 +304,24 @@ async def run(
     return 1 if force.is_set() else 0
 
 
+_SCHEME_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+
+def _authority(target: str) -> tuple[str, int]:
+    """``HOST[:PORT]``, or the authority of a pasted URL (``https://web.whatsapp.com/``, its
+    scheme's port by default), with the default port (443) to use."""
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return target, 443
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    return authority, _SCHEME_PORTS.get(scheme.lower(), 443)
+
+
 async def doctor(config: Config, target: str, as_json: bool) -> int:
     """Print the diagnosis of ``target``; 0 when an IPv4 connection succeeded."""
     try:
-        destination = parse_authority(target, default_port=443)
+        authority, default_port = _authority(target)
+        destination = parse_authority(authority, default_port=default_port)
     except ProtocolError as exc:
         print(f"ipv4proxy doctor: {exc}", file=sys.stderr)
         return 2
@@ -345,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for warning in unknown:
         log.warning("%s", warning)
     if command == "doctor":
-        sys.exit(uvloop.run(doctor(config, own["target"], own["json"])))
+        try:
+            sys.exit(uvloop.run(doctor(config, own["target"], own["json"])))
+        except BrokenPipeError:  # `doctor --json | head`: the reader left; not an error
+            # Python's documented pattern: point stdout at devnull so the exit flush is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
     lean_records()
     sys.exit(uvloop.run(run(config, policy, args, os.environ)))

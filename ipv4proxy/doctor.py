@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import json
 import socket
+import time
 from dataclasses import dataclass
 
 import dns.asyncquery
@@ -121,6 +122,11 @@ def verdict(
                 f"no IPv4 address ({a_error}) and {ipv6}: the destination is IPv6-only; "
                 "ipv4proxy cannot reach it (it refuses with NODATA)"
             )
+        if a_error.startswith(Failure.DNS_FAILURE.cause):
+            return (
+                f"DNS lookup failed ({a_error}): cannot tell whether the name has an IPv4 "
+                "address; check the DNS servers (resolver.nameservers, resolv.conf)"
+            )
         return f"no IPv4 address ({a_error}): nothing can connect to this name"
     good = [c.seconds for c in connections if c.seconds is not None]
     if not good:
@@ -166,7 +172,7 @@ async def _connect(address: str, port: int, limit: float) -> Connection:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
-    started = loop.time()
+    started = time.perf_counter()  # the loop's clock counts whole milliseconds (uvloop)
     try:
         async with asyncio.timeout(limit):
             await loop.sock_connect(sock, (address, port))
@@ -176,7 +182,7 @@ async def _connect(address: str, port: int, limit: float) -> Connection:
         return Connection(address, None, errno.errorcode.get(exc.errno or 0, str(exc)))
     finally:
         sock.close()
-    return Connection(address, loop.time() - started)
+    return Connection(address, time.perf_counter() - started)
 
 
 async def _aaaa(config: Config, host: str) -> tuple[tuple[str, ...], str | None]:
@@ -187,9 +193,21 @@ async def _aaaa(config: Config, host: str) -> tuple[tuple[str, ...], str | None]
         return (), Failure.NXDOMAIN.cause
     except dns.resolver.NoAnswer:
         return (), Failure.NODATA.cause
+    except dns.resolver.LifetimeTimeout:
+        seconds = config.resolver.timeout
+        return (), f"{Failure.DNS_FAILURE.cause}: no answer from the DNS servers in {seconds:g} s"
+    except dns.resolver.NoNameservers:
+        return (), f"{Failure.DNS_FAILURE.cause}: every DNS server failed (SERVFAIL or refused)"
     except dns.exception.DNSException as exc:
-        return (), f"{Failure.DNS_FAILURE.cause}: {exc}"
+        return (), f"{Failure.DNS_FAILURE.cause}: {type(exc).__name__}"
     return tuple(dict.fromkeys(str(r.address) for r in answer)), None
+
+
+async def _a(config: Config, host: str) -> tuple[tuple[str, ...], str | None]:
+    try:
+        return await Resolver(config.resolver).resolve(host), None
+    except ResolveError as exc:
+        return (), f"{exc.failure.cause}: {exc}"
 
 
 async def diagnose(config: Config, host: str, port: int, *, ipv4_literal: bool = False) -> Report:
@@ -201,11 +219,10 @@ async def diagnose(config: Config, host: str, port: int, *, ipv4_literal: bool =
     if ipv4_literal:
         a = (host,)
     else:
-        try:
-            a = await Resolver(config.resolver).resolve(host)
-        except ResolveError as exc:
-            a_error = f"{exc.failure.cause}: {exc}"
-        aaaa, aaaa_error = await _aaaa(config, host)
+        # Both at once: with the DNS servers down, each waits for the whole timeout.
+        (a, a_error), (aaaa, aaaa_error) = await asyncio.gather(
+            _a(config, host), _aaaa(config, host)
+        )
     routes = tuple(ipv6_route(address, port) for address in aaaa)
     timeout = config.dialer.connect_timeout
     connections = tuple(await asyncio.gather(*(_connect(x, port, timeout) for x in a)))

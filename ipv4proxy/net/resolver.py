@@ -408,8 +408,13 @@ class Resolver:
             raise error from exc
         except dns.resolver.LifetimeTimeout as exc:
             raise ResolveError(f"DNS lookup of {name} timed out") from exc
-        except (dns.resolver.NoNameservers, dns.exception.DNSException) as exc:
-            raise ResolveError(f"DNS lookup of {name} failed: {exc}") from exc
+        except dns.resolver.NoNameservers as exc:
+            # dnspython's text lists every server's answer over several lines: one line here.
+            raise ResolveError(
+                f"DNS lookup of {name} failed: every DNS server failed (SERVFAIL or refused)"
+            ) from exc
+        except dns.exception.DNSException as exc:
+            raise ResolveError(f"DNS lookup of {name} failed: {type(exc).__name__}") from exc
 
     def _negative(
         self, name: str, error: ResolveError, responses: Iterable[dns.message.Message]

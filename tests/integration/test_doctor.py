@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from helpers.ci import unavailable
+from helpers.dnsfake import ScriptedNameserver
 from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.net import ipv6_loopback_available
 from helpers.process import stop_process
@@ -178,3 +179,44 @@ def test_no_ipv6_route_verdict(netns: str) -> None:
     assert data["connections"][0]["seconds"] is not None
     assert data["verdict"].startswith("IPv6 unreachable (no route) and IPv4 handshake")
     assert "Happy Eyeballs" in data["verdict"]
+
+
+def test_a_pasted_url_is_its_host_and_scheme_port(doctor_dns: Dnsmasq) -> None:
+    done = run_doctor("https://v4.test/some/path?q=1", doctor_dns.port)
+    assert done.returncode == 1, done.stderr  # nothing listens on 127.0.0.1:443 here
+    assert done.stdout.splitlines()[0] == "v4.test port 443"
+    done = run_doctor("http://user@v4.test/", doctor_dns.port)
+    assert done.stdout.splitlines()[0] == "v4.test port 80"
+
+
+def test_dns_down_is_said_so_once_in_one_line() -> None:
+    """A silent DNS server: A and AAAA are asked at once (one timeout, not two), and the
+    verdict says the lookup failed, not that nothing can connect."""
+    silent = ScriptedNameserver("drop")
+    silent.start()
+    try:
+        done = run_doctor("v4.test", silent.port, "--resolver-timeout", "1", "--json")
+    finally:
+        silent.stop()
+    assert done.returncode == 1, done.stderr
+    data = report(done)
+    assert data["a_error"] == "DNS_FAILURE: DNS lookup of v4.test timed out"
+    assert data["aaaa_error"] == "DNS_FAILURE: no answer from the DNS servers in 1 s"
+    assert data["verdict"].startswith("DNS lookup failed (DNS_FAILURE")
+    assert "nothing can connect" not in data["verdict"]
+    assert silent.names["v4.test"] >= 2  # A and AAAA both asked
+
+
+def test_json_into_a_closed_pipe_is_not_an_error(doctor_dns: Dnsmasq) -> None:
+    """`doctor --json | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    argv = [sys.executable, "-m", "ipv4proxy", "doctor", "--nameserver"]
+    argv += [f"127.0.0.1:{doctor_dns.port}", "--hosts-file", "/dev/null", "--resolv-conf"]
+    argv += ["/dev/null", "--json", "v4.test:9"]
+    with subprocess.Popen(
+        argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None
+        child.stdout.close()  # the reader is gone before doctor prints
+        _, stderr = child.communicate(timeout=60)
+    assert b"Traceback" not in stderr, stderr
+    assert child.returncode == 0
