@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.net import loopback_listener
+from helpers.programs import run_ipv4proxy
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
 from helpers.wire import WIRE_SECONDS, Tunnel, http_connect, socks4_connect, socks5_request
@@ -322,3 +324,15 @@ async def test_json_log_lines(proxy_factory: ProxyFactory, servers: TestServers)
     assert ok["logger"] == "ipv4proxy.access"
     assert any(line["outcome"] == "NXDOMAIN" for line in tunnels)
     assert all(secret not in text for text in proxy.logs())
+
+
+def test_a_taken_admin_port_is_named_with_its_setting() -> None:
+    """A second instance on the admin port: exit 1, and the error names admin.listen, its
+    flag and how to turn it off, not only an errno."""
+    with loopback_listener() as taken:
+        port = taken.getsockname()[1]
+        done = run_ipv4proxy(["--listen", "127.0.0.1:0", "--admin-listen", f"127.0.0.1:{port}"])
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen: admin.listen 127.0.0.1:{port} (--admin-listen; '' turns it off)" in (
+        done.stderr
+    )
