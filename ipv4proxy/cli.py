@@ -54,6 +54,7 @@ from ipv4proxy.net.dnslisten import (
     local_addresses_now,
     loop_problem,
 )
+from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.host import parse_authority
@@ -339,6 +340,28 @@ async def doctor(config: Config, target: str, as_json: bool) -> int:
     return 0 if report.ipv4_ok else 1
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _resolver_warnings(config: Config) -> list[str]:
+    """What the resolver would warn about at start (an unreadable resolv.conf or hosts
+    file, no IPv4 nameserver), found by building it as `run` does."""
+    collect = _Collect()
+    resolver_log = logging.getLogger("ipv4proxy.resolver")
+    resolver_log.addHandler(collect)
+    try:
+        Resolver(config.resolver)
+    finally:
+        resolver_log.removeHandler(collect)
+    return collect.messages
+
+
 COMMANDS = ("check-config", "doctor")
 
 
@@ -355,10 +378,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     unknown = unknown_environment(os.environ)
     if command == "check-config":
-        for warning in unknown:
+        warnings = unknown + _resolver_warnings(config)
+        for warning in warnings:
             print(f"ipv4proxy: warning: {warning}", file=sys.stderr)
         print(to_yaml(config), end="")
-        sys.exit(0)
+        sys.exit(1 if warnings else 0)
     setup_logging(config.log.level, config.log.format, access=config.log.access)
     for warning in unknown:
         log.warning("%s", warning)
