@@ -141,12 +141,16 @@ async function baileysCase(makeAgent, name = "baileys") {
   const baileys = name === "baileys" ? require(name) : await import(name);
   const makeWASocket = baileys.default ?? baileys.makeWASocket;
   const { Browsers, DisconnectReason, initAuthCreds } = baileys;
+  // One set of credentials for every socket of the process: making them costs tens of ms
+  // of CPU (key pairs), which for every attempt of every case would eat into the windows
+  // on a busy host; the stand-in never gets as far as checking them.
+  const creds = initAuthCreds();
   return ({ proxy, url }) =>
     bounded((report) => {
       const closes = [];
       const connect = () => {
         const sock = makeWASocket({
-          auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
+          auth: { creds, keys: { get: async () => ({}), set: async () => {} } },
           logger: silent,
           browser: Browsers.ubuntu("Chrome"),
           waWebSocketUrl: url,
