@@ -9,6 +9,8 @@ there), so the Baileys recipe runs with the real ``baileys`` package from npm.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -19,6 +21,9 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from helpers.deploy import DEPLOY, REPO_ROOT
 from helpers.programs import curl_binary, node_binary, run_program
@@ -30,6 +35,10 @@ NODE_RECIPES = EXAMPLES / "node"
 HARNESS = Path(__file__).parent / "node" / "baileys-recipe.mjs"
 # What the fake media server answers for a download.
 MEDIA_SIZE = 100_000
+# An encrypted download (/media/encrypted): this text sealed the way WhatsApp seals an
+# image, with this media key (the harness's MEDIA_KEY), for downloadContentFromMessage.
+MEDIA_KEY = bytes([0x2A] * 32)
+MEDIA_TEXT = "an image, sealed, fetched through the proxy and opened by Baileys. " * 100
 # Bound on the fake WhatsApp server's wait for Baileys' first frame.
 _FIRST_FRAME_SECONDS = 15.0
 
@@ -131,6 +140,18 @@ def test_global_agent_recipe(proxy: ProxyProcess, servers: TestServers, ca_file:
     _tunnels(proxy, mark, target, "http-connect", 2)
 
 
+def _sealed(plain: bytes) -> bytes:
+    """`plain` encrypted as WhatsApp media: AES-256-CBC with keys from MEDIA_KEY, then a MAC."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=112, salt=None, info=b"WhatsApp Image Keys")
+    keys = hkdf.derive(MEDIA_KEY)
+    iv, cipher_key, mac_key = keys[:16], keys[16:48], keys[48:80]
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plain) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(cipher_key), modes.CBC(iv)).encryptor()
+    body = encryptor.update(padded) + encryptor.finalize()
+    return body + hmac.new(mac_key, iv + body, hashlib.sha256).digest()[:10]
+
+
 @dataclass
 class FakeWhatsApp:
     """What the fake WhatsApp server saw: upgrades, first WebSocket frames, uploads."""
@@ -162,6 +183,9 @@ async def _start_fake_whatsapp(
     async def download(request: web.Request) -> web.Response:
         return web.Response(body=bytes(i % 256 for i in range(MEDIA_SIZE)))
 
+    async def encrypted(request: web.Request) -> web.Response:
+        return web.Response(body=_sealed(MEDIA_TEXT.encode()))
+
     async def upload(request: web.Request) -> web.Response:
         body = await request.read()
         seen.uploads.append((request.path, len(body)))
@@ -170,6 +194,7 @@ async def _start_fake_whatsapp(
     app = web.Application()
     app.router.add_get("/ws/chat", chat)
     app.router.add_get("/media/download", download)
+    app.router.add_get("/media/encrypted", encrypted)
     app.router.add_post("/mms/image/{token}", upload)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -188,21 +213,41 @@ def fake_whatsapp(server_loop: LoopThread, server_ssl: Any) -> Iterator[FakeWhat
         server_loop.call(runner.cleanup)
 
 
+# Baileys' package name in deploy/examples/node (7 under an npm alias), and the tunnels
+# its run opens through SOCKS5 and through HTTP CONNECT at least.
+BAILEYS_TUNNELS = {
+    # The WebSocket, the axios upload and the two axios downloads go through SOCKS5
+    # (socks5h); fetch() goes through undici's ProxyAgent, which speaks HTTP CONNECT.
+    "baileys": (4, 1),
+    # The WebSocket and the upload (https.request with fetchAgent) go through SOCKS5;
+    # fetch() and both downloads (fetch with the dispatcher) through HTTP CONNECT, which
+    # undici may carry on one kept-alive tunnel.
+    "baileys7": (2, 1),
+}
+
+
+@pytest.mark.parametrize("package", BAILEYS_TUNNELS)
 def test_baileys_recipe(
-    proxy: ProxyProcess, fake_whatsapp: FakeWhatsApp, ca_file: Path, tmp_path: Path
+    proxy: ProxyProcess,
+    fake_whatsapp: FakeWhatsApp,
+    ca_file: Path,
+    tmp_path: Path,
+    package: str,
 ) -> None:
-    node = node_binary(NODE_RECIPES, "baileys")
+    node = node_binary(NODE_RECIPES, package)
     target = f"dual.test:{fake_whatsapp.port}"
     mark = proxy.mark()
     result = run_program(
-        [node, str(HARNESS), proxy.url, f"https://{target}", str(tmp_path / "auth")],
+        [node, str(HARNESS), proxy.url, f"https://{target}", str(tmp_path / "auth"), package],
         {"NODE_EXTRA_CA_CERTS": str(ca_file)},
         cwd=NODE_RECIPES,
     )
     (output,) = _json_lines(result)
-    # fetch() through the undici dispatcher, and Baileys' axios download with its agent.
+    # fetch() through the undici dispatcher, and Baileys' own download with the recipe's
+    # downloadOptions (axios and its agent in 6.17, fetch and the dispatcher in 7).
     assert output["fetchBytes"] == MEDIA_SIZE
     assert output["downloadBytes"] == MEDIA_SIZE
+    assert output["decryptedText"] == MEDIA_TEXT
     # The upload went out with fetchAgent and reached the server whole.
     assert output["upload"] == {"mediaUrl": "https://media.test/x", "directPath": "/v/t62/x"}
     assert len(fake_whatsapp.uploads) == 1
@@ -216,7 +261,6 @@ def test_baileys_recipe(
     assert kind == "BINARY"
     assert frame.startswith(b"WA")
     assert output["updates"][-1] == "close"
-    # The WebSocket, the axios upload and the axios download go through SOCKS5 (socks5h);
-    # fetch() goes through undici's ProxyAgent, which speaks HTTP CONNECT.
-    _tunnels(proxy, mark, target, "socks5", 3)
-    _tunnels(proxy, mark, target, "http-connect", 1)
+    socks, http_connect = BAILEYS_TUNNELS[package]
+    _tunnels(proxy, mark, target, "socks5", socks)
+    _tunnels(proxy, mark, target, "http-connect", http_connect)

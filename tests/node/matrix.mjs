@@ -4,14 +4,20 @@
 //   CLIENT: baileys-https-proxy-agent | baileys-socks-proxy-agent | ws-https-proxy-agent |
 //           ws-socks-proxy-agent | ws-global-agent | undici-proxy-agent |
 //           axios-https-proxy-agent | axios-socks-proxy-agent (Baileys 6.17's media path:
-//           axios with `httpsAgent`, the `fetchAgent` of uploads and the download options)
+//           axios with `httpsAgent`, the `fetchAgent` of uploads and the download options) |
+//           baileys7-https-proxy-agent | baileys7-socks-proxy-agent (Baileys 7's WebSocket) |
+//           baileys7-fetch-proxy-agent | baileys7-fetch-env-proxy-agent (Baileys 7's media
+//           path: its own `getHttpStream`, Node's built-in fetch, with an undici `ProxyAgent`
+//           passed as `dispatcher`, or with no dispatcher under a global `EnvHttpProxyAgent`)
 //   CASES_JSON: [{"id": "...", "proxy": "http://... or socks5h://...", "url": "wss://..."}]
 //   (ws-global-agent ignores "proxy": run it with -r global-agent/bootstrap and
-//   GLOBAL_AGENT_HTTP_PROXY set, so the proxy comes from the environment alone.)
+//   GLOBAL_AGENT_HTTP_PROXY set, so the proxy comes from the environment alone;
+//   baileys7-fetch-env-proxy-agent ignores it too: run it with HTTPS_PROXY set.)
+// "baileys" is Baileys 6.17, "baileys7" Baileys 7 (package.json: an npm alias).
 // Trust comes from NODE_EXTRA_CA_CERTS. Cases run concurrently; each is bounded by
 // WINDOW_MS and prints one JSON line {"id", "outcome", "ms", "detail"}, outcome one of:
 //   open       the WebSocket opened (ws clients)
-//   ok         the HTTP request got a 200 response (undici, axios)
+//   ok         the HTTP request got a 200 response (undici, axios, Baileys 7's fetch)
 //   error      the client reported an error within the window
 //   reconnect  Baileys closed with an error (connection.update "close"), the recipe's
 //              handler reconnected, and the second attempt closed too: the gateway's
@@ -22,7 +28,7 @@ import { createRequire } from "node:module";
 import axios from "axios";
 import { HttpsProxyAgent } from "https-proxy-agent";
 import { SocksProxyAgent } from "socks-proxy-agent";
-import { ProxyAgent, fetch } from "undici";
+import { EnvHttpProxyAgent, ProxyAgent, fetch, setGlobalDispatcher } from "undici";
 import WebSocket from "ws";
 
 const require = createRequire(import.meta.url);
@@ -110,16 +116,41 @@ const silent = {
   fatal() {},
 };
 
-function baileysCase(makeAgent) {
-  const baileys = require("baileys");
+// Baileys 7's media download: its own getHttpStream (what downloadContentFromMessage and
+// downloadMediaMessage call), Node's built-in fetch with `dispatcher` from the options,
+// the body read to its end.
+function baileys7FetchCase(makeOptions, setUp = () => {}) {
+  return async () => {
+    const { getHttpStream } = await import("baileys7");
+    setUp();
+    return ({ proxy, url }) =>
+      bounded((report) => {
+        getHttpStream(new URL(url), makeOptions(proxy))
+          .then(async (stream) => {
+            let size = 0;
+            for await (const chunk of stream) size += chunk.length;
+            report("ok", `${size} bytes`);
+          })
+          .catch((error) => report("error", describe(error)));
+      });
+  };
+}
+
+async function baileysCase(makeAgent, name = "baileys") {
+  // Baileys 6.17 is CommonJS, Baileys 7 an ES module.
+  const baileys = name === "baileys" ? require(name) : await import(name);
   const makeWASocket = baileys.default ?? baileys.makeWASocket;
   const { Browsers, DisconnectReason, initAuthCreds } = baileys;
+  // One set of credentials for every socket of the process: making them costs tens of ms
+  // of CPU (key pairs), which for every attempt of every case would eat into the windows
+  // on a busy host; the stand-in never gets as far as checking them.
+  const creds = initAuthCreds();
   return ({ proxy, url }) =>
     bounded((report) => {
       const closes = [];
       const connect = () => {
         const sock = makeWASocket({
-          auth: { creds: initAuthCreds(), keys: { get: async () => ({}), set: async () => {} } },
+          auth: { creds, keys: { get: async () => ({}), set: async () => {} } },
           logger: silent,
           browser: Browsers.ubuntu("Chrome"),
           waWebSocketUrl: url,
@@ -154,6 +185,14 @@ const clients = {
   "undici-proxy-agent": () => undiciCase,
   "axios-https-proxy-agent": () => axiosCase(agents["https-proxy-agent"]),
   "axios-socks-proxy-agent": () => axiosCase(agents["socks-proxy-agent"]),
+  "baileys7-https-proxy-agent": () => baileysCase(agents["https-proxy-agent"], "baileys7"),
+  "baileys7-socks-proxy-agent": () => baileysCase(agents["socks-proxy-agent"], "baileys7"),
+  "baileys7-fetch-proxy-agent": baileys7FetchCase((proxy) => ({ dispatcher: new ProxyAgent(proxy) })),
+  // Every fetch() of the process goes through the proxy HTTPS_PROXY names.
+  "baileys7-fetch-env-proxy-agent": baileys7FetchCase(
+    () => ({}),
+    () => setGlobalDispatcher(new EnvHttpProxyAgent()),
+  ),
 };
 
 if (!(client in clients) || !(WINDOW_MS > 0) || !Array.isArray(cases)) {
@@ -162,7 +201,7 @@ if (!(client in clients) || !(WINDOW_MS > 0) || !Array.isArray(cases)) {
 }
 // A client library's stray rejection must not end the run before every case has reported.
 process.on("unhandledRejection", (error) => console.error(`unhandled: ${describe(error)}`));
-const runCase = clients[client]();
+const runCase = await clients[client]();
 await Promise.all(
   cases.map(async (c) => {
     const result = await runCase(c);

@@ -4,21 +4,19 @@
 //   IPV4PROXY_URL=http://127.0.0.1:3128 node baileys-gateway.mjs
 //
 // Environment: IPV4PROXY_URL (default http://127.0.0.1:3128), AUTH_DIR (default ./auth:
-// the WhatsApp session), WA_WS_URL (default: Baileys' own, wss://web.whatsapp.com/ws/chat).
+// the WhatsApp session), WA_WS_URL (default: Baileys' own, wss://web.whatsapp.com/ws/chat),
+// BAILEYS (default "baileys", 6.17 here; "baileys7" is Baileys 7, installed here under that
+// npm alias: the same code and wiring runs on both).
 // It logs connection updates as JSON lines, reconnects when the connection closes (unless
 // logged out), and downloads the media of incoming messages through the proxy.
 import { fileURLToPath } from "node:url";
-import baileys from "baileys";
 import { proxyWiring } from "./proxy-wiring.mjs";
 
-const {
-  default: makeWASocket,
-  DEFAULT_CONNECTION_CONFIG,
-  DisconnectReason,
-  downloadMediaMessage,
-  getContentType,
-  useMultiFileAuthState,
-} = baileys;
+// Baileys 6.17 is CommonJS (its exports under `default`), Baileys 7 an ES module.
+export async function loadBaileys(name = process.env.BAILEYS ?? "baileys") {
+  const module = await import(name);
+  return module.makeWASocket ? module : module.default;
+}
 
 // Between reconnects, so a failing network is not hammered.
 const RECONNECT_DELAY_MS = 2000;
@@ -28,7 +26,16 @@ export async function startGateway({
   authDir = process.env.AUTH_DIR ?? "auth",
   wsUrl = process.env.WA_WS_URL,
   onUpdate = (update) => console.log(JSON.stringify({ event: "connection.update", ...update })),
+  baileys,
 } = {}) {
+  const {
+    makeWASocket,
+    DEFAULT_CONNECTION_CONFIG,
+    DisconnectReason,
+    downloadMediaMessage,
+    getContentType,
+    useMultiFileAuthState,
+  } = baileys ?? (await loadBaileys());
   const wiring = proxyWiring(proxyUrl);
   const { state, saveCreds } = await useMultiFileAuthState(authDir);
   const logger = DEFAULT_CONNECTION_CONFIG.logger.child({});
