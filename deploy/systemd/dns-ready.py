@@ -21,6 +21,8 @@ import time
 # rest is the upstream's round trip.
 TRY_SECONDS = 2.0
 RETRY_SECONDS = 0.2
+# Datagrams read per try while waiting for the one with the question's ID.
+MAX_DATAGRAMS = 8
 NOERROR, NXDOMAIN = 0, 3
 
 
@@ -28,17 +30,22 @@ def ask(host: str, port: int) -> bool:
     query_id = os.urandom(2)
     # flags RD; one question; root name; type NS (2); class IN (1). RFC 1035 section 4.1.
     query = query_id + bytes.fromhex("0100 0001 0000 0000 0000 00 0002 0001")
+    reply = b""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(TRY_SECONDS)
             sock.connect((host, port))
             sock.send(query)
-            reply = sock.recv(4096)
+            # A datagram with another ID (a late answer, a forgery) is not the answer.
+            for _ in range(MAX_DATAGRAMS):
+                reply = sock.recv(4096)
+                if len(reply) >= 12 and reply[:2] == query_id and reply[2] & 0x80:
+                    break
+            else:
+                print(f"dns-ready: {host}:{port}: no answer to the question", file=sys.stderr)
+                return False
     except OSError as exc:
         print(f"dns-ready: {host}:{port}: {exc}", file=sys.stderr)
-        return False
-    if len(reply) < 12 or reply[:2] != query_id or not reply[2] & 0x80:
-        print(f"dns-ready: {host}:{port}: not an answer to the question", file=sys.stderr)
         return False
     rcode = reply[3] & 0x0F
     if rcode not in (NOERROR, NXDOMAIN):
