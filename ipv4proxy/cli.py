@@ -38,6 +38,12 @@ from ipv4proxy.config import Config, changed_keys, flag_name, iter_keys, load, t
 from ipv4proxy.doctor import diagnose, render_text
 from ipv4proxy.errors import ConfigError, ProtocolError
 from ipv4proxy.log import lean_records, lifecycle, setup_logging
+from ipv4proxy.net.dnslisten import (
+    DnsListener,
+    effective_upstreams,
+    local_addresses_now,
+    loop_problem,
+)
 from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.host import parse_authority
@@ -130,13 +136,30 @@ def build_policy(config: Config) -> Policy:
     return Policy(config, users)
 
 
-def reload(proxy: Proxy, argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+def dns_safe(config: Config) -> None:
+    """Refuse a DNS listener whose upstreams lead back to itself. Raises ConfigError."""
+    if not config.dns.listen:
+        return
+    problem = loop_problem(config.dns, effective_upstreams(config), local_addresses_now())
+    if problem:
+        raise ConfigError(problem)
+
+
+def reload(
+    proxy: Proxy,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    dns_listener: DnsListener | None = None,
+) -> bool:
     """SIGHUP: re-read the file (and the users file); apply them for new connections, or
     keep the old settings."""
     old = proxy.config
     try:
         new = parse(argv, environ)
+        dns_safe(new)
         proxy.reload(new, build_policy(new))
+        if dns_listener is not None:
+            dns_listener.reload(new)
     except ConfigError as exc:
         proxy.metrics.reloads.labels("refused").inc()
         lifecycle(
@@ -176,14 +199,19 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     proxy = Proxy(config, policy=policy)
-    loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ)
+    dns_listener = DnsListener(config, proxy.metrics) if config.dns.listen else None
+    loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener)
     admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
     try:
         await proxy.start()
         if admin is not None:
             proxy.listening_also(await admin.start())
+        if dns_listener is not None:
+            await dns_listener.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)  # noqa: TRY400 - the reason is the message
+        if dns_listener is not None:
+            await dns_listener.close()
         await proxy.close()
         return 1
     # Everything made at start lives as long as the process: move it out of the collector's
@@ -201,7 +229,11 @@ async def run(
         open=open_now,
         grace_period=grace,
     )
+    if dns_listener is not None:
+        dns_listener.stop_listening()  # with the proxy listeners; queries in flight finish
     cut = await proxy.drain(grace, force)
+    if dns_listener is not None:
+        await dns_listener.close()
     if admin is not None:
         await admin.close()
     lifecycle(log, "stopped", f"stopped; {cut} connections cut", cut=cut)
@@ -234,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config, own = _parse(args, os.environ, command)
         policy = build_policy(config)
+        if command != "doctor":
+            dns_safe(config)
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -42,6 +42,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "DialerConfig",
+    "DnsConfig",
     "DrainConfig",
     "HttpConfig",
     "LimitsConfig",
@@ -244,6 +245,82 @@ class ResolverConfig:
 
     def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:
         return tuple(parse_hostport(s, default_port=53) for s in self.nameservers)
+
+
+def _each(check: Callable[[str], str | None]) -> Check:
+    def check_all(values: tuple[str, ...]) -> str | None:
+        return next((m for m in map(check, values) if m), None)
+
+    return check_all
+
+
+def _dns_listen_problem(value: str) -> str | None:
+    try:
+        host, _ = parse_hostport(value)
+    except ConfigError:
+        return f"expected HOST:PORT, got {value!r}"
+    return None if ":" not in host else f"{host} is IPv6; the DNS listener is IPv4 only"
+
+
+def _dns_upstream_problem(value: str) -> str | None:
+    try:
+        host, _ = parse_hostport(value, default_port=53)
+    except ConfigError:
+        return f"expected IP[:PORT], got {value!r}"
+    if ":" in host:
+        return f"{host} is IPv6; this proxy opens IPv4 sockets only"
+    parts = host.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        return f"expected an IPv4 address, got {value!r}"
+    return None
+
+
+def _client_rate(value: int) -> str | None:
+    return None if value >= 1 else "expected a number >= 1"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The A-only DNS listener (README, "DNS mode"); off while ``listen`` is empty."""
+
+    # Off by default: a DNS server is only wanted where clients cannot be given a proxy.
+    listen: tuple[str, ...] = _setting(
+        (),
+        "HOST:PORT addresses to answer DNS on, UDP and TCP each (127.0.0.1:53); empty: off",
+        _each(_dns_listen_problem),
+    )
+    # Empty means loopback only, so turning the listener on never makes an open resolver.
+    clients: tuple[str, ...] = _setting(
+        (), "client IPv4 CIDRs allowed to query; empty: loopback only", cidr_problem
+    )
+    # Empty: the resolver's own servers, so DNS mode and proxy mode see the same answers.
+    upstreams: tuple[str, ...] = _setting(
+        (),
+        "DNS servers queries are forwarded to, IP[:PORT]; empty: resolver.nameservers, "
+        "else the nameservers of resolver.resolv_conf",
+        _each(_dns_upstream_problem),
+    )
+    # The same reasoning as resolver.max_in_flight: a pod's clients ask a few dozen names,
+    # 256 at once is a busy cold start, and a flood holds at most 256 upstream sockets.
+    max_in_flight: int = _setting(
+        256,
+        "queries forwarded upstream at once; over it a query gets SERVFAIL at once",
+        _in_flight,
+    )
+    # A Node gateway asks a few names a second (its own cache is short); 200 a second per
+    # address (and a burst of as many) never slows a real client, while one looping client
+    # cannot use up the in-flight slots of the others.
+    client_rate: int = _setting(
+        200,
+        "queries per second one client address may ask (bursts of as many); over: REFUSED",
+        _client_rate,
+    )
+
+    def listen_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_hostport(s) for s in self.listen)
+
+    def upstream_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_hostport(s, default_port=53) for s in self.upstreams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +563,7 @@ class Config:
         (), "parent proxies and the destinations that go through them"
     )
     http: HttpConfig = _setting(HttpConfig(), "HTTP proxy answers")
+    dns: DnsConfig = _setting(DnsConfig(), "the A-only DNS listener (DNS mode)")
 
 
 def _listeners_safe(config: Config) -> None:

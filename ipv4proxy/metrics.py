@@ -25,7 +25,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ipv4proxy.errors import DialError, Failure, ProxyError
 from ipv4proxy.net.resolver import LOOKUP_RESULTS
 
-__all__ = ["CONNECT_BUCKETS", "CONTENT_TYPE", "Metrics"]
+__all__ = [
+    "CONNECT_BUCKETS",
+    "CONTENT_TYPE",
+    "DNS_OUTCOMES",
+    "DNS_QTYPES",
+    "Metrics",
+]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -33,6 +39,23 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Fine below 250 ms, where Node's Happy Eyeballs attempt timer sits, and up to the 10 s
 # connect timeout, where a black-holed address ends.
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Seconds from a DNS query to its answer (DNS mode): cached answers are microseconds, a
+# forwarded one a round trip to the cluster DNS (milliseconds), up to resolver.timeout.
+DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The label values of ipv4proxy_dns_queries_total (README, "DNS mode").
+DNS_QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "ANY", "other")
+DNS_OUTCOMES = (
+    "ok",
+    "cached",
+    "nodata_aaaa",
+    "refused",
+    "rate_limited",
+    "busy",
+    "upstream_failure",
+    "servfail",
+)
+DNS_UPSTREAM_FAILURES = ("timeout", "unreachable", "bad_response", "no_upstream")
 
 # Outcome of a tunnel that was open: ended by one of its sides, or cut when the drain's
 # grace period ran out (or at a second stop signal).
@@ -116,6 +139,39 @@ class Metrics:
             "Bytes unfinished requests hold (bounded by limits.handshake_memory)",
             registry=r,
         )
+        self.dns_queries = Counter(
+            "ipv4proxy_dns_queries",
+            "DNS listener queries by type (A, AAAA, HTTPS, SVCB, ANY, other) and outcome (ok, "
+            "cached, nodata_aaaa: an AAAA query answered, never with an address, refused: a "
+            "client not in dns.clients, rate_limited, busy: dns.max_in_flight reached, "
+            "upstream_failure: no upstream answered, servfail: the upstream's answer was no "
+            "answer)",
+            ["qtype", "outcome"],
+            registry=r,
+        )
+        self.dns_aaaa_emptied = Counter(
+            "ipv4proxy_dns_aaaa_emptied",
+            "AAAA queries whose upstream answer held AAAA records, answered without them",
+            registry=r,
+        )
+        self.dns_ipv6hints_removed = Counter(
+            "ipv4proxy_dns_ipv6hints_removed",
+            "ipv6hint parameters taken out of HTTPS and SVCB records",
+            registry=r,
+        )
+        self.dns_upstream_failures = Counter(
+            "ipv4proxy_dns_upstream_failures",
+            "DNS listener upstream attempts that failed, by cause (timeout, unreachable, "
+            "bad_response, no_upstream)",
+            ["cause"],
+            registry=r,
+        )
+        self.dns_query_seconds = Histogram(
+            "ipv4proxy_dns_query_seconds",
+            "Seconds from a DNS listener query to its answer",
+            buckets=DNS_BUCKETS,
+            registry=r,
+        )
         # Series that exist from the start read 0 instead of being absent, so rate() and
         # alerts work before the first event.
         for result in LOOKUP_RESULTS:
@@ -126,6 +182,11 @@ class Metrics:
             self.bytes.labels(direction)
         for result in ("applied", "refused"):
             self.reloads.labels(result)
+        for qtype in DNS_QTYPES:
+            for outcome in DNS_OUTCOMES:
+                self.dns_queries.labels(qtype, outcome)
+        for cause in DNS_UPSTREAM_FAILURES:
+            self.dns_upstream_failures.labels(cause)
 
         # Label children of the per-tunnel series, bound once: labels() costs more than
         # the increment (validation, a lock, a dictionary of tuples).
@@ -173,6 +234,14 @@ class Metrics:
     def dns_lookup(self, result: str) -> None:
         """The resolver's hook: one call per lookup, with one of LOOKUP_RESULTS."""
         self.dns_lookups.labels(result).inc()
+
+    def dns_query(self, qtype: str, outcome: str, seconds: float) -> None:
+        """The DNS listener's hook: one call per query answered."""
+        self.dns_queries.labels(qtype, outcome).inc()
+        self.dns_query_seconds.observe(seconds)
+
+    def dns_upstream_failure(self, cause: str) -> None:
+        self.dns_upstream_failures.labels(cause).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""

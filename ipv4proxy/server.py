@@ -261,6 +261,8 @@ class Proxy:
             raise ConfigError("listeners cannot change on reload; restart")
         if config.admin != self.config.admin:
             raise ConfigError("admin.listen cannot change on reload; restart")
+        if config.dns.listen != self.config.dns.listen:
+            raise ConfigError("dns.listen cannot change on reload; restart")
         policy = policy if policy is not None else Policy(config)
         policy.listening_on(self._bound, self._local)
         if config.resolver != self.config.resolver:

@@ -1,0 +1,559 @@
+"""The DNS listener (DNS mode): answers clients' queries with every IPv6 address taken out.
+
+Job: on each ``dns.listen`` address, take DNS queries over UDP and TCP, forward them to the
+upstream servers (``dns.upstreams``, else the resolver's nameservers), and hand back the
+answer `dnsrewrite.rewrite` makes of the upstream's. Glue only: the rewriting is pure
+(``protocols/dnsrewrite.py``); so are the cache (`AnswerCache`) and the rate limiter
+(`TokenBuckets`), each with its clock injected.
+
+Rules:
+- Who may ask: ``dns.clients`` CIDRs, loopback only when empty (never an open resolver).
+  Anyone else gets REFUSED (an answer no larger than the query).
+- Per client address a token bucket of ``dns.client_rate`` queries a second (burst the
+  same); over it: REFUSED. At most ``dns.max_in_flight`` queries forwarded at once; over
+  it: SERVFAIL at once (the client retries later, nothing queues).
+- The client's query goes upstream as it came (EDNS options, DO, CD), under a fresh random
+  ID; the answer gets the client's ID back. A UDP client's query goes over UDP and a
+  truncated answer (TC) goes to the client as it came (it asks again over TCP); a TCP
+  client's query goes over TCP.
+- Answers are cached, keyed by (name, type, class, EDNS or not, DO, CD), for their
+  smallest TTL (``resolver.max_ttl`` at most; negative answers for their SOA's,
+  ``resolver.negative_max_ttl`` at most), and served with their TTLs counted down;
+  ``resolver.cache_size`` answers at most, least recently used go first. A cached answer
+  is served without the EDNS options the upstream sent (they answered another query); a
+  forwarded one carries them as they came.
+- A cached answer larger than a UDP client takes (512 bytes, or its EDNS payload size) is
+  sent as header and question with TC set.
+- Loop safety: when an upstream is one of the listen addresses (or the listener is on
+  0.0.0.0 and an upstream is this host), `loop_problem` names it and the proxy refuses
+  to start.
+- Bounded: in-flight queries, cached answers, rate buckets (``_MAX_BUCKETS``), TCP
+  connections (``_MAX_TCP``), queries per TCP connection and its idle time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import secrets
+import struct
+import time
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from ipv4proxy.config import Config, DnsConfig
+from ipv4proxy.errors import ConfigError
+from ipv4proxy.log import event, lifecycle
+from ipv4proxy.metrics import Metrics
+from ipv4proxy.net.resolver import dns_resolver
+from ipv4proxy.protocols import dnsrewrite
+from ipv4proxy.protocols.dnsrewrite import Question
+from ipv4proxy.rules import local_addresses
+
+__all__ = [
+    "AnswerCache",
+    "DnsListener",
+    "TokenBuckets",
+    "effective_upstreams",
+    "local_addresses_now",
+    "loop_problem",
+]
+
+log = logging.getLogger("ipv4proxy.dns")
+
+Clock = Callable[[], float]
+
+# Client addresses with a rate bucket at once; a full bucket is forgotten first, so a spray
+# of source addresses cannot grow memory (10000 buckets are under 1 MB).
+_MAX_BUCKETS = 10_000
+# TCP connections open at once: DNS over TCP is the rare retry after TC.
+_MAX_TCP = 256
+# Queries one TCP connection may ask, and seconds it may sit idle (RFC 7766 suggests
+# seconds, not minutes, for a server's idle timeout).
+_TCP_QUERIES = 100
+_TCP_IDLE = 10.0
+_MAX_MESSAGE = 65535
+
+
+class TokenBuckets:
+    """A token bucket per key: ``rate`` tokens a second, at most ``rate`` held."""
+
+    def __init__(self, rate: float, clock: Clock, max_keys: int = _MAX_BUCKETS) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._max = max_keys
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def allow(self, key: str) -> bool:
+        """Take one token for ``key``; False when it has none."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(key, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - then) * self.rate)
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)  # the least recently seen client
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+@dataclass(slots=True)
+class _Entry:
+    wire: bytes
+    stored: float
+    ttl: float
+
+
+class AnswerCache:
+    """Rewritten answers by `Question.key`, served with their TTLs counted down."""
+
+    def __init__(self, size: int, clock: Clock, max_ttl: float, negative_max_ttl: float) -> None:
+        self.size = size
+        self.max_ttl = max_ttl
+        self.negative_max_ttl = negative_max_ttl
+        self._clock = clock
+        self._entries: collections.OrderedDict[tuple[str, int, int, bool, bool, bool], _Entry] = (
+            collections.OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, question: Question, wire: bytes) -> None:
+        """Keep ``wire`` (the rewritten answer) if it may be cached."""
+        message = dnsrewrite.answered(wire)
+        if message is None or message.flags & dns.flags.TC:
+            return
+        ttl = _cache_ttl(message, self.max_ttl, self.negative_max_ttl)
+        if ttl is None or ttl < 1:
+            return
+        key = question.key
+        self._entries.pop(key, None)
+        self._entries[key] = _Entry(wire, self._clock(), ttl)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get(self, question: Question) -> bytes | None:
+        """The cached answer for ``question`` with its ID and TTLs of now, or None. Its
+        EDNS options (the upstream's cookie, NSID) are left out: they answered another
+        query."""
+        key = question.key
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        elapsed = int(self._clock() - entry.stored)
+        if elapsed >= entry.ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        message = dnsrewrite.answered(entry.wire)
+        if message is None:  # pragma: no cover - only parsed answers are stored
+            return None
+        message.id = question.message.id
+        if message.edns >= 0 and message.options:
+            message.use_edns(0, message.ednsflags, message.payload, options=[])
+        if elapsed > 0:
+            for section in (message.answer, message.authority, message.additional):
+                for rrset in section:
+                    rrset.ttl = max(0, rrset.ttl - elapsed)
+        return bytes(message.to_wire(max_size=_MAX_MESSAGE))
+
+
+def _cache_ttl(message: dns.message.Message, max_ttl: float, negative_max: float) -> float | None:
+    rcode = message.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return None
+    rrsets = [*message.answer, *message.authority, *message.additional]
+    if rcode == dns.rcode.NOERROR and message.answer:
+        return min(*(r.ttl for r in rrsets), max_ttl)
+    for rrset in message.authority:  # negative: the SOA's TTL and minimum (RFC 2308)
+        if rrset.rdtype == dns.rdatatype.SOA:
+            soa = rrset[0]
+            return float(min(rrset.ttl, soa.minimum, negative_max))
+    return None
+
+
+def effective_upstreams(config: Config) -> tuple[tuple[str, int], ...]:
+    """Where queries go: ``dns.upstreams``, else the resolver's IPv4 nameservers."""
+    if config.dns.upstreams:
+        return config.dns.upstream_addresses()
+    if config.resolver.nameservers:
+        return config.resolver.nameserver_addresses()
+    resolver = dns_resolver(config.resolver)
+    found = []
+    for server in resolver.nameservers:
+        address = server if isinstance(server, str) else getattr(server, "address", "")
+        port = getattr(server, "port", resolver.port)
+        if address and ":" not in str(address):
+            found.append((str(address), int(port)))
+    return tuple(found)
+
+
+def local_addresses_now(path: str = "/proc/net/fib_trie") -> frozenset[str]:
+    """This host's IPv4 addresses (Linux), for `loop_problem`; none when unreadable."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return local_addresses(file.read())
+    except OSError:
+        return frozenset()
+
+
+def loop_problem(
+    config: DnsConfig, upstreams: Iterable[tuple[str, int]], local: Iterable[str] = ()
+) -> str | None:
+    """Why forwarding to ``upstreams`` would reach this listener again, or None."""
+    here = set(local)
+    for host, port in config.listen_addresses():
+        for up_host, up_port in upstreams:
+            if up_port != port:
+                continue
+            wildcard = host == "0.0.0.0" and (  # noqa: S104 - a comparison, not a bind
+                ipaddress.ip_address(up_host).is_loopback or up_host in here
+            )
+            if up_host == host or wildcard:
+                return (
+                    f"dns.upstreams: the DNS upstream {up_host}:{up_port} is this DNS "
+                    f"listener ({host}:{port}): every query would loop. Set dns.upstreams "
+                    "to the real DNS servers (the cluster DNS Service IP, the VM's resolver)"
+                )
+    return None
+
+
+def _allowed_networks(config: DnsConfig) -> tuple[ipaddress.IPv4Network, ...]:
+    cidrs = config.clients or ("127.0.0.0/8",)
+    return tuple(ipaddress.IPv4Network(c, strict=False) for c in cidrs)
+
+
+class DnsListener:
+    """The DNS listener of one process: its sockets, cache, limits and settings."""
+
+    def __init__(self, config: Config, metrics: Metrics, clock: Clock = time.monotonic) -> None:
+        self.metrics = metrics
+        self._clock = clock
+        self._servers: list[asyncio.Server] = []
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp = 0
+        self.in_flight = 0
+        self.bound: list[tuple[str, int]] = []
+        self.config = config
+        self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        dns_config = config.dns
+        self.upstreams = effective_upstreams(config)
+        self.networks = _allowed_networks(dns_config)
+        self.buckets = TokenBuckets(dns_config.client_rate, self._clock)
+        self.cache = AnswerCache(
+            config.resolver.cache_size,
+            self._clock,
+            config.resolver.max_ttl,
+            config.resolver.negative_max_ttl,
+        )
+        self.timeout = config.resolver.timeout
+
+    def reload(self, config: Config) -> None:
+        """New settings for new queries; the listen addresses cannot change."""
+        if config.dns.listen != self.config.dns.listen:
+            raise ConfigError("dns.listen cannot change on reload; restart")
+        keep_cache = config.resolver == self.config.resolver and (
+            effective_upstreams(config) == self.upstreams
+        )
+        cache = self.cache
+        self.config = config
+        self._apply(config)
+        if keep_cache:
+            self.cache = cache
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind UDP and TCP on every listen address. Raises OSError."""
+        loop = asyncio.get_running_loop()
+        for host, port in self.config.dns.listen_addresses():
+            server = await loop.create_server(
+                lambda: _TcpClient(self), host, port, backlog=128, reuse_address=True
+            )
+            self._servers.append(server)
+            bound_port = server.sockets[0].getsockname()[1]
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpServer(self), local_addr=(host, bound_port)
+            )
+            self._transports.append(transport)
+            self.bound.append((host, bound_port))
+            lifecycle(
+                log,
+                "dns_listening",
+                f"dns listening on {host}:{bound_port} (udp, tcp)",
+                address=f"{host}:{bound_port}",
+            )
+        return self.bound
+
+    def stop_listening(self) -> None:
+        """The drain: no new queries; those in flight finish."""
+        for server in self._servers:
+            server.close()
+        for transport in self._transports:
+            transport.close()
+        self._transports = []
+
+    async def close(self) -> None:
+        self.stop_listening()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+        for task in list(self._tasks):
+            task.cancel()
+
+    # admission
+
+    def admit(self, client: str, query: Question) -> bytes | None:
+        """REFUSED for a client not allowed or over its rate; else None."""
+        outcome = None
+        try:
+            address = ipaddress.IPv4Address(client)
+        except ValueError:
+            address = None
+        if address is None or not any(address in n for n in self.networks):
+            outcome = "refused"
+        elif not self.buckets.allow(client):
+            outcome = "rate_limited"
+        if outcome is None:
+            return None
+        self._done(client, query, outcome, 0.0)
+        return dnsrewrite.refused(query.message)
+
+    async def answer(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
+        """The answer to one admitted query (never raises for upstream trouble)."""
+        started = self._clock()
+        cached = self.cache.get(query)
+        if cached is not None:
+            self._done(client, query, "cached", started)
+            return cached
+        if self.in_flight >= self.config.dns.max_in_flight:
+            self._done(client, query, "busy", started)
+            return dnsrewrite.servfail(query.message)
+        self.in_flight += 1
+        try:
+            response = await self._forward(query, wire, tcp)
+        finally:
+            self.in_flight -= 1
+        if response is None:
+            self._done(client, query, "upstream_failure", started)
+            return dnsrewrite.servfail(query.message)
+        result = dnsrewrite.rewrite(query.message, response)
+        if result.servfail:
+            self.metrics.dns_upstream_failure("bad_response")
+            self._done(client, query, "servfail", started)
+            return result.wire
+        if result.hints_removed:
+            self.metrics.dns_ipv6hints_removed.inc(result.hints_removed)
+        if result.aaaa_emptied:
+            self.metrics.dns_aaaa_emptied.inc()
+        self.cache.put(query, result.wire)
+        outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA else "ok"
+        self._done(client, query, outcome, started)
+        return result.wire
+
+    def _done(self, client: str, query: Question, outcome: str, started: float) -> None:
+        seconds = max(0.0, self._clock() - started) if started else 0.0
+        self.metrics.dns_query(query.qtype_label, outcome, seconds)
+        event(
+            log,
+            "dns_query",
+            logging.DEBUG,
+            client=client,
+            qname=query.name,
+            qtype=dns.rdatatype.to_text(query.qtype),  # type: ignore[arg-type]
+            outcome=outcome,
+            seconds=round(seconds, 4),
+        )
+
+    # upstream
+
+    async def _forward(self, query: Question, wire: bytes, tcp: bool) -> bytes | None:
+        """The upstream's answer with the client's ID, or None when every upstream failed."""
+        upstreams = self.upstreams
+        if not upstreams:
+            self.metrics.dns_upstream_failure("no_upstream")
+            return None
+        per_server = max(1.0, self.timeout / len(upstreams))
+        for host, port in upstreams:
+            query_id = secrets.randbits(16)
+            out = struct.pack("!H", query_id) + wire[2:]
+            try:
+                async with asyncio.timeout(per_server):
+                    if tcp:
+                        data = await _ask_tcp(host, port, out)
+                    else:
+                        data = await _ask_udp(host, port, out, query_id)
+            except TimeoutError:
+                self.metrics.dns_upstream_failure("timeout")
+                continue
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                self.metrics.dns_upstream_failure("unreachable")
+                continue
+            return wire[:2] + data[2:]
+        return None
+
+    def spawn(self, work: asyncio.Task[None]) -> None:
+        self._tasks.add(work)
+        work.add_done_callback(self._tasks.discard)
+
+
+async def _ask_tcp(host: str, port: int, out: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(struct.pack("!H", len(out)) + out)
+        size = struct.unpack("!H", await reader.readexactly(2))[0]
+        if size < 12:
+            raise ValueError("short DNS message")
+        return await reader.readexactly(size)
+    finally:
+        writer.close()
+
+
+class _UdpAsk(asyncio.DatagramProtocol):
+    def __init__(self, query_id: int) -> None:
+        self.query_id = query_id
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
+        # The socket is connected: only the server's datagrams arrive. Another ID is a
+        # stale or forged answer: dropped, the timeout decides.
+        ours = len(data) >= 12 and data[:2] == struct.pack("!H", self.query_id)
+        if ours and not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def _ask_udp(host: str, port: int, out: bytes, query_id: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _UdpAsk(query_id), remote_addr=(host, port)
+    )
+    try:
+        transport.sendto(out)
+        return await protocol.answer
+    finally:
+        transport.close()
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, listener: DnsListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDPTransport is a DatagramTransport without subclassing it.
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
+        client = str(addr[0])
+        query = dnsrewrite.parse_query(data)
+        if query is None or self.transport is None:
+            return  # not a query: dropped (an answer to it could be used for reflection)
+        refusal = self.listener.admit(client, query)
+        if refusal is not None:
+            self.transport.sendto(refusal, addr)
+            return
+        task = asyncio.ensure_future(self._answer(client, query, data, addr))
+        self.listener.spawn(task)
+
+    async def _answer(
+        self, client: str, query: Question, data: bytes, addr: tuple[str | int, int]
+    ) -> None:
+        wire = await self.listener.answer(client, query, data, tcp=False)
+        if len(wire) > query.payload:
+            wire = dnsrewrite.truncated(query.message, wire)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(wire, addr)
+
+
+class _TcpClient(asyncio.Protocol):
+    """One DNS-over-TCP connection: length-prefixed queries, answered in order."""
+
+    def __init__(self, listener: DnsListener) -> None:
+        self.listener = listener
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.asked = 0
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TCP_QUERIES)
+        self.worker: asyncio.Task[None] | None = None
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        if self.listener._tcp >= _MAX_TCP:
+            self.transport.abort()
+            return
+        self.listener._tcp += 1
+        peer = self.transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.worker = asyncio.ensure_future(self._work())
+        self._touch()
+
+    def _touch(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(_TCP_IDLE, self._close)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._touch()
+        while len(self.buffer) >= 2:
+            size = struct.unpack("!H", self.buffer[:2])[0]
+            if len(self.buffer) < 2 + size:
+                break
+            message = bytes(self.buffer[2 : 2 + size])
+            del self.buffer[: 2 + size]
+            self.asked += 1
+            if self.asked > _TCP_QUERIES or self.queue.full():
+                self._close()
+                return
+            self.queue.put_nowait(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.worker is not None:
+            self.listener._tcp -= 1
+            self.worker.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            data = await self.queue.get()
+            if data is None:  # pragma: no cover - never queued
+                return
+            query = dnsrewrite.parse_query(data)
+            if query is None:
+                self._close()
+                return
+            wire = self.listener.admit(self.client, query)
+            if wire is None:
+                wire = await self.listener.answer(self.client, query, data, tcp=True)
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            transport.write(struct.pack("!H", len(wire)) + wire)
+            self._touch()
