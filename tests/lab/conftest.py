@@ -18,6 +18,9 @@ import pytest
 
 from helpers.ci import unavailable
 from helpers.lab import (
+    CLIENT_DNS,
+    DNS_LISTEN,
+    DNS_PROXY_GID,
     LAB_CONNECT_TIMEOUT,
     LAN_V4,
     PROXY_DNS,
@@ -26,7 +29,7 @@ from helpers.lab import (
     LabUnavailable,
     sweep_stale,
 )
-from helpers.proxy import ProxyProcess
+from helpers.proxy import START_SECONDS, ProxyProcess
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -89,6 +92,48 @@ def lab_proxy(lab: Lab) -> Iterator[ProxyProcess]:
             problems.append(f"the proxy sent {sent_ipv6} IPv6 packets")
         if problems:
             pytest.fail("the lab proxy misbehaved during the run:\n" + "\n".join(problems))
+
+
+@pytest.fixture(scope="session")
+def lab_dns_proxy(lab: Lab) -> Iterator[ProxyProcess]:
+    """ipv4proxy in DNS mode on the gateway: its DNS listener on 127.0.0.1:53, forwarding to
+    the lab DNS server the clients used to ask (``CLIENT_DNS``), under its own group.
+
+    At the end, for the whole run: no unhandled error in its stderr, no IPv6 packet from it.
+    """
+    flags = (
+        "--connect-timeout",
+        str(LAB_CONNECT_TIMEOUT),
+        "--policy-allow-cidrs",
+        str(LAN_V4),
+        "--dns-listen",
+        DNS_LISTEN,
+        "--dns-upstreams",
+        CLIENT_DNS,
+    )
+    process = ProxyProcess(
+        53,
+        flags,
+        lab.workdir / "dns-proxy.log",
+        nameserver_host=PROXY_DNS,
+        command_prefix=lab.on_gateway(DNS_PROXY_GID),
+    )
+    try:
+        process.start()
+        bound = process.wait_for_line(
+            lambda line: f"dns listening on {DNS_LISTEN}" in line, START_SECONDS
+        )
+        if bound is None:
+            pytest.fail("the DNS listener did not start:\n" + "\n".join(process.logs()))
+        yield process
+    finally:
+        process.stop()
+        problems = [f"stderr: {line}" for line in process.crash_lines()[:5]]
+        sent_ipv6 = lab.counters(lab.gateway)["dns_proxy_ipv6"]
+        if sent_ipv6:
+            problems.append(f"the DNS-mode proxy sent {sent_ipv6} IPv6 packets")
+        if problems:
+            pytest.fail("the DNS-mode proxy misbehaved during the run:\n" + "\n".join(problems))
 
 
 @pytest.fixture
