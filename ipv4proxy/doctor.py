@@ -10,7 +10,9 @@ For one destination it finds:
   ENETUNREACH when there is none;
 - for each A address, the time a TCP handshake over IPv4 takes (all addresses at once,
   each under the dialer's connect_timeout);
-- a verdict (`verdict`, pure, table-tested) that an on-call engineer reads once.
+- a verdict (`verdict`, pure, table-tested) that an on-call engineer reads once;
+- with ``dns.listen`` set, what a client of the DNS listener gets: doctor asks the first
+  listen address for A and AAAA (answered empty) and says so, or that it does not answer.
 
 Exit status (``cli``): 0 when an IPv4 connection succeeded, 1 when none did, 2 for bad
 input or configuration.
@@ -25,7 +27,10 @@ import json
 import socket
 from dataclasses import dataclass
 
+import dns.asyncquery
 import dns.exception
+import dns.message
+import dns.rcode
 import dns.resolver
 
 from ipv4proxy.config import Config
@@ -77,6 +82,9 @@ class Report:
     aaaa_error: str | None
     connections: tuple[Connection, ...]
     verdict: str
+    # What the DNS listener answers (dns.listen set), e.g. "127.0.0.1:53: A 192.0.2.1;
+    # AAAA none (NOERROR, 0 records)"; None when the listener is off.
+    dns_listener: str | None = None
 
     @property
     def ipv4_ok(self) -> bool:
@@ -210,7 +218,31 @@ async def diagnose(config: Config, host: str, port: int, *, ipv4_literal: bool =
         aaaa_error=aaaa_error,
         connections=connections,
         verdict=verdict(a_error, routes, connections),
+        dns_listener=await _ask_listener(config, host) if not ipv4_literal else None,
     )
+
+
+async def _ask_listener(config: Config, host: str) -> str | None:
+    """What a client of the DNS listener gets for ``host``: its A and AAAA answers."""
+    if not config.dns.listen:
+        return None
+    address, port = config.dns.listen_addresses()[0]
+    if address == "0.0.0.0":  # noqa: S104 - a comparison, not a bind
+        address = "127.0.0.1"
+    parts = []
+    for rdtype in ("A", "AAAA"):
+        query = dns.message.make_query(host, rdtype)
+        try:
+            answer = await dns.asyncquery.udp(query, address, timeout=2.0, port=port)
+        except (dns.exception.DNSException, OSError) as exc:
+            return f"{address}:{port}: not answering ({type(exc).__name__}: {exc})"
+        records = [
+            rd.to_text() for r in answer.answer if r.rdtype == query.question[0].rdtype for rd in r
+        ]
+        rcode = dns.rcode.to_text(answer.rcode())
+        shown = ", ".join(records) if records else f"none ({rcode}, 0 records)"
+        parts.append(f"{rdtype} {shown}")
+    return f"{address}:{port}: {'; '.join(parts)}"
 
 
 def render_text(report: Report) -> str:
@@ -226,5 +258,7 @@ def render_text(report: Report) -> str:
     for c in report.connections:
         result = _ms(c.seconds) if c.seconds is not None else f"failed ({c.error})"
         lines.append(f"  IPv4   {c.address}:{report.port} connect {result}")
+    if report.dns_listener is not None:
+        lines.append(f"  DNS mode {report.dns_listener}")
     lines.append(f"verdict: {report.verdict}")
     return "\n".join(lines)

@@ -300,7 +300,8 @@ class DnsListener:
         return self.bound
 
     def stop_listening(self) -> None:
-        """The drain: no new queries; those in flight finish."""
+        """The drain: no new queries. A UDP query in flight goes unanswered (its socket is
+        closed); open TCP connections are answered until `close`."""
         for server in self._servers:
             server.close()
         for transport in self._transports:
@@ -476,7 +477,7 @@ class _UdpServer(asyncio.DatagramProtocol):
     async def _answer(
         self, client: str, query: Question, data: bytes, addr: tuple[str | int, int]
     ) -> None:
-        wire = await self.listener.answer(client, query, data, tcp=False)
+        wire = await self.listener.answer(client, query, data, tcp=False)  # ops: never raises
         if len(wire) > query.payload:
             wire = dnsrewrite.truncated(query.message, wire)
         transport = self.transport
