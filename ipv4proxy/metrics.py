@@ -142,7 +142,8 @@ class Metrics:
         self.dns_queries = Counter(
             "ipv4proxy_dns_queries",
             "DNS listener queries by type (A, AAAA, HTTPS, SVCB, ANY, other) and outcome (ok, "
-            "cached, nodata_aaaa: an AAAA query answered, never with an address, refused: a "
+            "cached, nodata_aaaa: an AAAA query the upstream answered NOERROR, answered "
+            "without addresses, refused: a "
             "client not in dns.clients, rate_limited, busy: dns.max_in_flight reached, "
             "upstream_failure: no upstream answered, servfail: the upstream's answer was no "
             "answer)",
@@ -168,7 +169,7 @@ class Metrics:
         )
         self.dns_query_seconds = Histogram(
             "ipv4proxy_dns_query_seconds",
-            "Seconds from a DNS listener query to its answer",
+            "Seconds from a DNS listener query to its answer (refusals not included)",
             buckets=DNS_BUCKETS,
             registry=r,
         )
@@ -235,10 +236,11 @@ class Metrics:
         """The resolver's hook: one call per lookup, with one of LOOKUP_RESULTS."""
         self.dns_lookups.labels(result).inc()
 
-    def dns_query(self, qtype: str, outcome: str, seconds: float) -> None:
-        """The DNS listener's hook: one call per query answered."""
+    def dns_query(self, qtype: str, outcome: str, seconds: float | None) -> None:
+        """The DNS listener's hook: one call per query; ``seconds`` None for a refusal."""
         self.dns_queries.labels(qtype, outcome).inc()
-        self.dns_query_seconds.observe(seconds)
+        if seconds is not None:
+            self.dns_query_seconds.observe(seconds)
 
     def dns_upstream_failure(self, cause: str) -> None:
         self.dns_upstream_failures.labels(cause).inc()

@@ -27,6 +27,10 @@ Rules:
 - Loop safety: when an upstream is one of the listen addresses (or the listener is on
   0.0.0.0 and an upstream is this host), `loop_problem` names it and the proxy refuses
   to start.
+- Upstream UDP queries use a connected socket each (at most ``dns.max_in_flight`` at
+  once), not the resolver's pooled client (``dnsclient``): that one parses every answer
+  and drops what it cannot parse, while this listener passes the upstream's bytes on
+  untouched when nothing is to be rewritten, and answers SERVFAIL to unparseable ones.
 - Bounded: in-flight queries, cached answers, rate buckets (``_MAX_BUCKETS``), TCP
   connections (``_MAX_TCP``), queries per TCP connection and its idle time.
 """
@@ -331,11 +335,13 @@ class DnsListener:
             outcome = "rate_limited"
         if outcome is None:
             return None
-        self._done(client, query, outcome, 0.0)
+        self._done(client, query, outcome, None)
         return dnsrewrite.refused(query.message)
 
-    async def answer(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
-        """The answer to one admitted query (never raises for upstream trouble)."""
+    def at_once(self, client: str, query: Question) -> bytes | None:
+        """An answer without going upstream (cached, or SERVFAIL over dns.max_in_flight),
+        or None: then a slot is taken here, synchronously, and `forward` must follow (so
+        a burst of datagrams cannot start more forwards than the cap)."""
         started = self._clock()
         cached = self.cache.get(query)
         if cached is not None:
@@ -345,6 +351,11 @@ class DnsListener:
             self._done(client, query, "busy", started)
             return dnsrewrite.servfail(query.message)
         self.in_flight += 1
+        return None
+
+    async def forward(self, client: str, query: Question, wire: bytes, tcp: bool) -> bytes:
+        """The answer from upstream to a query `at_once` took a slot for; frees the slot."""
+        started = self._clock()
         try:
             response = await self._forward(query, wire, tcp)
         finally:
@@ -362,13 +373,17 @@ class DnsListener:
         if result.aaaa_emptied:
             self.metrics.dns_aaaa_emptied.inc()
         self.cache.put(query, result.wire)
-        outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA else "ok"
+        # An AAAA question the upstream answered NOERROR: answered without addresses. Its
+        # NXDOMAIN or SERVFAIL went on as it came, and counts as ok.
+        noerror = (result.wire[3] & 0x0F) == dns.rcode.NOERROR
+        outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA and noerror else "ok"
         self._done(client, query, outcome, started)
         return result.wire
 
-    def _done(self, client: str, query: Question, outcome: str, started: float) -> None:
-        seconds = max(0.0, self._clock() - started) if started else 0.0
-        self.metrics.dns_query(query.qtype_label, outcome, seconds)
+    def _done(self, client: str, query: Question, outcome: str, started: float | None) -> None:
+        """Count and log one query; ``started`` is None for a refusal (no latency)."""
+        seconds = max(0.0, self._clock() - started) if started is not None else 0.0
+        self.metrics.dns_query(query.qtype_label, outcome, seconds if started is not None else None)
         event(
             log,
             "dns_query",
@@ -467,9 +482,9 @@ class _UdpServer(asyncio.DatagramProtocol):
         query = dnsrewrite.parse_query(data)
         if query is None or self.transport is None:
             return  # not a query: dropped (an answer to it could be used for reflection)
-        refusal = self.listener.admit(client, query)
-        if refusal is not None:
-            self.transport.sendto(refusal, addr)
+        now = self.listener.admit(client, query) or self.listener.at_once(client, query)
+        if now is not None:
+            self._send(query, now, addr)
             return
         task = asyncio.ensure_future(self._answer(client, query, data, addr))
         self.listener.spawn(task)
@@ -477,7 +492,14 @@ class _UdpServer(asyncio.DatagramProtocol):
     async def _answer(
         self, client: str, query: Question, data: bytes, addr: tuple[str | int, int]
     ) -> None:
-        wire = await self.listener.answer(client, query, data, tcp=False)  # ops: never raises
+        try:
+            wire = await self.listener.forward(client, query, data, tcp=False)
+        except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
+            log.exception("dns query failed")
+            wire = dnsrewrite.servfail(query.message)
+        self._send(query, wire, addr)
+
+    def _send(self, query: Question, wire: bytes, addr: tuple[str | int, int]) -> None:
         if len(wire) > query.payload:
             wire = dnsrewrite.truncated(query.message, wire)
         transport = self.transport
@@ -550,9 +572,15 @@ class _TcpClient(asyncio.Protocol):
             if query is None:
                 self._close()
                 return
-            wire = self.listener.admit(self.client, query)
+            wire = self.listener.admit(self.client, query) or self.listener.at_once(
+                self.client, query
+            )
             if wire is None:
-                wire = await self.listener.answer(self.client, query, data, tcp=True)
+                try:
+                    wire = await self.listener.forward(self.client, query, data, tcp=True)
+                except Exception:  # a bug must not leave an unretrieved task error: SERVFAIL
+                    log.exception("dns query failed")
+                    wire = dnsrewrite.servfail(query.message)
             transport = self.transport
             if transport is None or transport.is_closing():
                 return

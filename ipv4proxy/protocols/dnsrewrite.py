@@ -24,6 +24,7 @@ import dataclasses
 
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdatatype
@@ -85,13 +86,17 @@ class Rewritten:
 
 
 def parse_query(wire: bytes) -> Question | None:
-    """The client's query, or None when it is not one (not parseable, a response, no
-    question or more than one)."""
+    """The client's query, or None when it is not one (not parseable, a response, not a
+    standard QUERY: no NOTIFY or UPDATE is forwarded, no question or more than one)."""
     try:
         message = dns.message.from_wire(wire)
     except Exception:  # any bad query is dropped, whatever dnspython raises
         return None
-    if message.flags & dns.flags.QR or len(message.question) != 1:
+    if (
+        message.flags & dns.flags.QR
+        or message.opcode() != dns.opcode.QUERY
+        or len(message.question) != 1
+    ):
         return None
     rrset = message.question[0]
     edns = message.edns >= 0

@@ -10,10 +10,14 @@ an upstream that is down, and the loop check at start.
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import shutil
 import signal
+import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,14 +28,16 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.ci import unavailable
+from helpers.dnsfake import ScriptedNameserver
 from helpers.dnsmasq import Dnsmasq, running_dnsmasq
 from helpers.dnsmode import DNS_MODE_ARGS, EchoUpstream, zone_args
-from helpers.programs import run_ipv4proxy, run_node, run_program
+from helpers.programs import NODE_DIR, node_command, run_ipv4proxy, run_node, run_program
 from helpers.proxy import ProxyFactory, ProxyProcess
 
-_DNS_LINE = re.compile(r"dns listening on 127\.0\.0\.1:(\d+) \(udp, tcp\)")
+_DNS_LINE = re.compile(r"dns listening on 127\.[0-9.]+:(\d+) \(udp, tcp\)")
 _TIMEOUT = 3.0
 
 
@@ -47,8 +53,11 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, zone: EchoUpstream) -> It
     yield from running_dnsmasq(directory, (*DNS_MODE_ARGS, *zone_args(zone.port)))
 
 
-def _start(factory: ProxyFactory, args: Sequence[str]) -> tuple[ProxyProcess, int]:
-    proxy = factory(["--dns-listen", "127.0.0.1:0", "--log-level", "debug", *args])
+def _start(
+    factory: ProxyFactory, args: Sequence[str], *, listen_flag: bool = True
+) -> tuple[ProxyProcess, int]:
+    listen = ["--dns-listen", "127.0.0.1:0"] if listen_flag else []
+    proxy = factory([*listen, "--log-level", "debug", *args])
     line = proxy.wait_for_line(lambda text: _DNS_LINE.search(text) is not None, 20)
     assert line is not None, "\n".join(proxy.logs())
     match = _DNS_LINE.search(line)
@@ -331,3 +340,125 @@ def test_check_config_shows_the_dns_section() -> None:
     assert done.returncode == 0, done.stderr
     assert "dns:\n  listen:\n  - 127.0.0.1:5300\n" in done.stdout
     assert "client_rate: 200" in done.stdout
+
+
+# --- bounds and metrics ------------------------------------------------------------------------
+
+
+def test_over_max_in_flight_is_servfail_at_once(proxy_factory: ProxyFactory) -> None:
+    with ScriptedNameserver("drop") as silent:
+        proxy, port = _start(
+            proxy_factory,
+            ["--dns-upstreams", f"127.0.0.1:{silent.port}", "--dns-max-in-flight", "1"],
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.sendto(dns.message.make_query("held.test", "A").to_wire(), ("127.0.0.1", port))
+            for _ in range(100):  # until the upstream holds it; bounded
+                if silent.distinct_names():
+                    break
+                time.sleep(0.05)
+            assert silent.distinct_names() == 1
+            assert _udp(port, "other.test", "A").rcode() == dns.rcode.SERVFAIL
+        assert proxy.wait_for_line(lambda t: "outcome=busy" in t, 5) is not None
+
+
+def test_metrics_count_queries_by_type_and_outcome(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq
+) -> None:
+    proxy, port = _start(
+        proxy_factory,
+        ["--dns-upstreams", f"127.0.0.1:{upstream.port}", "--admin-listen", "127.0.0.1:0"],
+    )
+    _udp(port, "dual.test", "AAAA")
+    _udp(port, "svc.test", "HTTPS")
+    _udp(port, "dual.test", "A")
+    _udp(port, "dual.test", "A")
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{proxy.admin_port}/metrics", timeout=_TIMEOUT
+    ) as response:
+        page = response.read().decode()
+    values = {
+        f"{s.name}{dict(sorted(s.labels.items()))}": s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'nodata_aaaa', 'qtype': 'AAAA'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'ok', 'qtype': 'HTTPS'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'ok', 'qtype': 'A'}"] == 1
+    assert values["ipv4proxy_dns_queries_total{'outcome': 'cached', 'qtype': 'A'}"] == 1
+    assert values["ipv4proxy_dns_aaaa_emptied_total{}"] == 1
+    assert values["ipv4proxy_dns_ipv6hints_removed_total{}"] == 1
+    assert values["ipv4proxy_dns_query_seconds_count{}"] == 4
+
+
+def test_reload_applies_new_dns_settings_and_refuses_a_new_listen(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f"dns: {{listen: ['127.0.0.1:0'], upstreams: ['127.0.0.1:{upstream.port}']"
+    config.write_text(base + "}\n")
+    proxy, port = _start(proxy_factory, ["--config", str(config)], listen_flag=False)
+    assert _udp(port, "dual.test", "A").rcode() == dns.rcode.NOERROR
+    config.write_text(base + ", clients: ['10.0.0.0/8']}\n")
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGHUP)
+    line = proxy.wait_for_line(lambda t: "reloaded configuration" in t, 10, mark)
+    assert line is not None
+    assert "dns.clients" in line
+    assert _udp(port, "dual.test", "A").rcode() == dns.rcode.REFUSED
+    config.write_text("dns: {listen: ['127.0.0.1:5301']}\n")
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGHUP)
+    refused = proxy.wait_for_line(lambda t: "reload refused" in t, 10, mark)
+    assert refused is not None
+    assert "dns.listen cannot change" in refused
+
+
+def test_nothing_to_rewrite_means_the_upstreams_bytes(proxy_factory: ProxyFactory) -> None:
+    with EchoUpstream() as echo:
+        _, port = _start(proxy_factory, ["--dns-upstreams", f"127.0.0.1:{echo.port}"])
+        cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"fedcba98")
+        query = dns.message.make_query(
+            "same.test", "A", use_edns=0, want_dnssec=True, options=[cookie]
+        )
+        query.flags |= dns.flags.CD
+        wire = query.to_wire()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(_TIMEOUT)
+            sock.sendto(wire, ("127.0.0.1", echo.port))
+            direct = sock.recv(65535)
+            sock.sendto(wire, ("127.0.0.1", port))
+            through = sock.recv(65535)
+        assert through == direct
+
+
+def test_node_lookup_through_resolv_conf_gets_ipv4_only(
+    proxy_factory: ProxyFactory, upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    """dns.lookup (getaddrinfo, what ws, fetch and https.get use) with a resolv.conf that
+    names the listener, and nothing else changed: a mount namespace swaps /etc/resolv.conf
+    for the node process only. resolv.conf takes no port, so the listener binds :53 on a
+    loopback address of its own (root only)."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        unavailable("needs root and unshare (util-linux) to bind :53 and swap resolv.conf")
+    address = f"127.77.{random.randint(1, 254)}.53"
+    _start(
+        proxy_factory,
+        ["--dns-listen", f"{address}:53", "--dns-upstreams", f"127.0.0.1:{upstream.port}"],
+        listen_flag=False,
+    )
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\noptions timeout:2 attempts:2\n")
+    swap = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    command = [unshare, "--mount", "--propagation", "private", "sh", "-c", swap, "sh"]
+    result = run_program(
+        [*command, str(resolv), *node_command("dns-lookup.mjs", ["dual.test", "alias.test"])],
+        cwd=NODE_DIR,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    for name in ("dual.test", "alias.test"):
+        assert answers[name] == {"ok": [{"address": "127.0.0.1", "family": 4}]}, answers
+    asked = {(q.qtype, q.name) for q in upstream.queries()}
+    assert ("AAAA", "dual.test") in asked  # getaddrinfo asked for AAAA and got none

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dns.edns
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
@@ -191,6 +192,9 @@ def test_parse_query_keys_and_payload() -> None:
     assert dnsrewrite.parse_query(b"\x00\x01") is None
     response = dns.message.make_response(_query("x.example.", "A"))
     assert dnsrewrite.parse_query(response.to_wire()) is None
+    notify = _query("x.example.", "SOA")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert dnsrewrite.parse_query(notify.to_wire()) is None
 
 
 def test_truncated_keeps_header_and_question_with_tc() -> None:
