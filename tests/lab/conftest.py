@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import pytest
+import yaml
 
 from helpers.ci import unavailable
 from helpers.lab import (
@@ -29,7 +30,9 @@ from helpers.lab import (
     LabUnavailable,
     sweep_stale,
 )
-from helpers.proxy import START_SECONDS, ProxyProcess
+from helpers.proxy import REPO_ROOT, START_SECONDS, ProxyProcess
+
+SIDECAR_DNS_CONFIGMAP = REPO_ROOT / "deploy" / "kubernetes" / "sidecar-dns" / "configmap.yaml"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -96,18 +99,26 @@ def lab_proxy(lab: Lab) -> Iterator[ProxyProcess]:
 
 @pytest.fixture(scope="session")
 def lab_dns_proxy(lab: Lab) -> Iterator[ProxyProcess]:
-    """ipv4proxy in DNS mode on the gateway: its DNS listener on 127.0.0.1:53, forwarding to
-    the lab DNS server the clients used to ask (``CLIENT_DNS``), under its own group.
+    """ipv4proxy in DNS mode on the gateway, under its own group: the configuration the
+    Kubernetes DNS-mode sidecar ships (its ConfigMap), with only what an operator changes
+    changed: the upstream is the lab DNS server the clients used to ask (``CLIENT_DNS``)
+    instead of the cluster DNS Service. Its DNS listener is the ConfigMap's 127.0.0.1:53.
 
     At the end, for the whole run: no unhandled error in its stderr, no IPv6 packet from it.
     """
+    configmap = yaml.safe_load(SIDECAR_DNS_CONFIGMAP.read_text(encoding="utf-8"))
+    config = lab.workdir / "sidecar-dns.yaml"
+    config.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
+    assert yaml.safe_load(config.read_text())["dns"]["listen"] == [DNS_LISTEN]
+    # After the default test flags, which replace the ConfigMap's listeners, admin address,
+    # resolver and log settings with the test proxy's (lists given as flags replace).
     flags = (
+        "--config",
+        str(config),
         "--connect-timeout",
         str(LAB_CONNECT_TIMEOUT),
         "--policy-allow-cidrs",
         str(LAN_V4),
-        "--dns-listen",
-        DNS_LISTEN,
         "--dns-upstreams",
         CLIENT_DNS,
     )

@@ -358,6 +358,12 @@ def _assert_connected(lab: Lab, kind: str) -> None:
     assert result == {"status": 200, "size": size, "sha256": sha256}
 
 
+def _access_lines(proxy: ProxyProcess, mark: int) -> list[str]:
+    """Access lines (a tunnel each) since `mark`, in the text or the JSON log format (the
+    DNS-mode proxy runs the sidecar's ConfigMap, which logs JSON)."""
+    return [line for line in proxy.logs()[mark:] if "ipv4proxy.access" in line]
+
+
 def _assert_dns_mode_evidence(
     lab: Lab, proxy: ProxyProcess, watch: _Watch, mark: int, *, broken: bool = False
 ) -> None:
@@ -373,8 +379,7 @@ def _assert_dns_mode_evidence(
     if broken:
         assert watch.service()["ipv6_syn_dropped"] == 0
     # ipv4proxy carried no tunnel: DNS alone did it.
-    tunnels = [line for line in proxy.logs()[mark:] if "tunnel client=" in line]
-    assert tunnels == [], tunnels
+    assert _access_lines(proxy, mark) == []
 
 
 @pytest.mark.parametrize("kind", ["fetch", "https", "baileys"])
@@ -460,6 +465,16 @@ def test_dns_mode_evidence_listener_emptied_aaaa_and_asked_upstream(
     assert _metric_sum(metrics, "ipv4proxy_dns_aaaa_emptied_total") > 0
     probe = lab.run_gateway([sys.executable, str(DNS_READY), DNS_LISTEN])
     assert probe.returncode == 0, probe.stderr.decode()
+    # The sidecar serves both modes, and the no-tunnel check above can see a tunnel.
+    mark = lab_dns_proxy.mark()
+    proxied = _curl(
+        lab,
+        ["--cacert", str(lab.ca_file), f"https://{DNS_MODE_NAME}/hello"],
+        {"HTTPS_PROXY": f"http://127.0.0.1:{lab_dns_proxy.port}"},
+    )
+    assert _json(proxied)["local"] == SERVICE_V4
+    lab_dns_proxy.wait_for_line(lambda line: "ipv4proxy.access" in line, since=mark)
+    assert len(_access_lines(lab_dns_proxy, mark)) == 1
 
 
 # --- evidence and honesty -------------------------------------------------------------------
