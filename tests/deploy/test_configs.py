@@ -1,9 +1,9 @@
 """Every ipv4proxy configuration shipped under deploy/ passes ``ipv4proxy check-config``.
 
 That is the baked-in config of the container image, the one of every ConfigMap, the
-systemd host's and the compose file's. A config that reads its credentials from a file
-(``auth.users_file``, a mounted Secret in the cluster) is checked with a real users file
-put in that path's place by the flag ``--auth-users-file``.
+systemd host's and the compose file's, in proxy mode and in DNS mode. A config that reads
+its credentials from a file (``auth.users_file``, a mounted Secret in the cluster) is
+checked with a real users file put in that path's place by the flag ``--auth-users-file``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ _FILES = [
     DEPLOY / "container" / "config.yaml",
     DEPLOY / "systemd" / "config.yaml",
     DEPLOY / "compose" / "config.yaml",
+    # DNS mode (the dns: section).
+    DEPLOY / "systemd" / "dns-config.yaml",
+    DEPLOY / "compose" / "dns" / "config.yaml",
 ]
 
 
@@ -29,6 +32,8 @@ def _configmap_configs() -> list[tuple[str, str]]:
         if manifest.kind != "ConfigMap":
             continue
         for key, text in manifest.doc.get("data", {}).items():
+            if not key.endswith(".yaml"):
+                continue  # not a config (sidecar-dns also carries its probe script)
             found.append((f"{manifest.name}:{key}", str(text)))
     return found
 
@@ -53,6 +58,7 @@ def test_every_configmap_is_found() -> None:
         "deploy/kubernetes/sidecar/configmap.yaml",
         "deploy/kubernetes/sidecar-classic/configmap.yaml",
         "deploy/kubernetes/egress/configmap.yaml",
+        "deploy/kubernetes/sidecar-dns/configmap.yaml",
     }
 
 

@@ -10,6 +10,7 @@ select or name the same pods.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,10 +81,11 @@ def test_manifest_without_native_sidecar_is_valid_on_the_oldest_version(
     assert validation_problem(manifest.doc, K8S_OLDEST) is None
 
 
-def test_native_sidecar_is_refused_by_an_old_schema() -> None:
+@pytest.mark.parametrize("layout", ["sidecar", "sidecar-dns"])
+def test_native_sidecar_is_refused_by_an_old_schema(layout: str) -> None:
     """The schema check is real: an init container's restartPolicy came in 1.28 (alpha; on
     by default from 1.29, which the README names), so the 1.27 schema refuses it."""
-    deployment = _one(_in("sidecar"), "Deployment").doc
+    deployment = _one(_in(layout), "Deployment").doc
     assert validation_problem(deployment, "1.29.0") is None
     problem = validation_problem(deployment, K8S_OLDEST)
     assert problem is not None
@@ -100,7 +102,7 @@ def test_validation_catches_a_misspelt_field() -> None:
 
 # --- every ipv4proxy container --------------------------------------------------------------
 
-LAYOUTS = ["sidecar", "sidecar-classic", "egress"]
+LAYOUTS = ["sidecar", "sidecar-classic", "sidecar-dns", "egress"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -123,6 +125,8 @@ def test_ports_and_probes_match_the_config(layout: str) -> None:
             assert probe == "startupProbe", probe
             assert layout == "sidecar-classic", layout
             continue
+        if layout == "sidecar-dns" and probe == "startupProbe":
+            continue  # it asks the DNS listener (test_dns_sidecar_waits_for_dns_answers)
         http = container[probe]["httpGet"]
         assert http["path"] == path, (probe, http)
         assert container_port(container, http["port"]) == admin_port, (probe, http)
@@ -191,13 +195,14 @@ def test_gateway_environment_points_at_the_sidecar(layout: str) -> None:
     assert gateway["command"][:3] == ["node", "-r", "global-agent/bootstrap"]
 
 
-def test_native_sidecar_starts_first_and_stops_last() -> None:
-    config, deployment = _proxy_config("sidecar")
+@pytest.mark.parametrize("layout", ["sidecar", "sidecar-dns"])
+def test_native_sidecar_starts_first_and_stops_last(layout: str) -> None:
+    config, deployment = _proxy_config(layout)
     spec = pod_spec(deployment.doc)
     container, is_init = proxy_container(spec)
     assert is_init
     assert container["restartPolicy"] == "Always"
-    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert "startupProbe" in container
     assert [c["name"] for c in spec["containers"]] == ["gateway"]
     # The proxy gets SIGTERM after the gateway has gone; its drain must fit in what is left.
     grace = spec["terminationGracePeriodSeconds"]
@@ -309,3 +314,83 @@ def test_egress_network_policy() -> None:
         peer["ipBlock"] for rule in policy["egress"] for peer in rule["to"] if "ipBlock" in peer
     ]
     assert all("169.254.0.0/16" in block.get("except", []) for block in blocks), blocks
+
+
+# --- the DNS-mode sidecar -------------------------------------------------------------------
+
+DNS_READY = KUBERNETES.parent / "systemd" / "dns-ready.py"
+
+
+def test_dns_sidecar_gateway_has_no_proxy_setting() -> None:
+    """The point of DNS mode: the gateway runs unchanged, with no proxy variable or preload."""
+    _, deployment = _proxy_config("sidecar-dns")
+    (gateway,) = [c for c in pod_spec(deployment.doc)["containers"] if c["name"] == "gateway"]
+    names = {entry["name"].upper() for entry in gateway.get("env", [])}
+    assert not names & {"HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "GLOBAL_AGENT_HTTP_PROXY"}
+    assert not [name for name in names if "PROXY" in name], names
+    assert gateway["command"] == ["node", "app.js"]
+
+
+def test_dns_sidecar_pod_resolves_through_the_listener() -> None:
+    config, deployment = _proxy_config("sidecar-dns")
+    spec = pod_spec(deployment.doc)
+    (listen,) = config["dns"]["listen"]
+    host, port = listen.rpartition(":")[0], port_of(listen)
+    # resolv.conf has no port: the listener must be on 53, at the nameserver's address.
+    assert port == 53
+    assert spec["dnsPolicy"] == "None"
+    dns_config = spec["dnsConfig"]
+    assert dns_config["nameservers"] == [host] == ["127.0.0.1"]
+    # What ClusterFirst gives a pod (the namespace's own domain first; kustomize fills it).
+    assert dns_config["searches"][1:] == ["svc.cluster.local", "cluster.local"]
+    assert dns_config["searches"][0].endswith(".svc.cluster.local")
+    assert dns_config["options"] == [{"name": "ndots", "value": "5"}]
+    # Loopback only (no dns.clients): never a resolver for anything outside the pod.
+    assert not config["dns"].get("clients")
+
+
+def test_dns_sidecar_upstream_is_the_cluster_dns_not_itself() -> None:
+    """Explicit upstreams, or the proxy would find 127.0.0.1 in resolv.conf and refuse (a loop);
+    its own lookups go to the same server rather than through its listener."""
+    config, _ = _proxy_config("sidecar-dns")
+    upstreams = config["dns"]["upstreams"]
+    assert upstreams
+    for upstream in upstreams:
+        address = ipaddress.IPv4Address(upstream.partition(":")[0])
+        assert not address.is_loopback, upstream
+    assert config["resolver"]["nameservers"] == upstreams
+
+
+def test_dns_sidecar_binds_53_without_root_or_capability() -> None:
+    """The pod sysctl opens 53 to non-root users of this pod's network namespace only; no
+    capability is added (for a non-root process it would not be effective anyway)."""
+    config, deployment = _proxy_config("sidecar-dns")
+    spec = pod_spec(deployment.doc)
+    sysctls = {s["name"]: int(s["value"]) for s in spec["securityContext"]["sysctls"]}
+    lowest = min(port_of(listen) for listen in config["dns"]["listen"])
+    assert sysctls == {"net.ipv4.ip_unprivileged_port_start": lowest}
+    container, _ = proxy_container(spec)
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert spec.get("hostNetwork") is not True  # a net.* sysctl needs the pod's own netns
+
+
+def test_dns_sidecar_waits_for_dns_answers() -> None:
+    """The gateway starts once the probe got an answer from the DNS listener, run inside the
+    pod (an exec probe: the kubelet's tcpSocket/httpGet go to the pod IP, not 127.0.0.1)."""
+    config, deployment = _proxy_config("sidecar-dns")
+    objects = _in("sidecar-dns")
+    spec = pod_spec(deployment.doc)
+    container, _ = proxy_container(spec)
+    probe = container["startupProbe"]
+    python, script, address = probe["exec"]["command"]
+    assert python == "python3"  # the image's interpreter (deploy/container/Containerfile)
+    assert address == config["dns"]["listen"][0]
+    # The script comes from the ConfigMap mounted beside the config, and is the shipped one.
+    _, config_path = config_of(deployment, objects)
+    assert Path(script).parent == Path(config_path).parent
+    configmap = _one(objects, "ConfigMap").doc
+    assert configmap["data"][Path(script).name] == DNS_READY.read_text()
+    # One try waits up to 2 s for its answer (dns-ready.py TRY_SECONDS).
+    assert probe["timeoutSeconds"] > 2
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 30

@@ -30,7 +30,7 @@ from helpers.deploy import (
 DIRS = kustomization_dirs()
 IDS = [str(path.relative_to(REPO_ROOT)) for path in DIRS]
 # The kustomization fields these packages use; anything else needs a test of its own here.
-KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images"}
+KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "replacements"}
 _KUBECTL_SECONDS = 60.0
 
 
@@ -49,6 +49,7 @@ def test_layouts_are_packaged() -> None:
         "deploy/kubernetes/egress",
         "deploy/kubernetes/sidecar",
         "deploy/kubernetes/sidecar-classic",
+        "deploy/kubernetes/sidecar-dns",
     ]
 
 
@@ -108,3 +109,23 @@ def test_rendered_package_is_valid(directory: Path) -> None:
         for doc in rendered:
             if doc["kind"] != "Namespace":
                 assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("namespace", [None, "whatsapp-prod"])
+def test_dns_sidecar_search_domain_follows_the_namespace(
+    tmp_path: Path, namespace: str | None
+) -> None:
+    """`replacements` (the one package that uses it): the pod's first search domain is its
+    own namespace's, as ClusterFirst would give, whatever `namespace:` the operator sets."""
+    source = REPO_ROOT / "deploy" / "kubernetes" / "sidecar-dns"
+    kustomization = load_yaml(source / "kustomization.yaml")
+    for path in source.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    if namespace is not None:
+        kustomization["namespace"] = namespace
+        (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    wanted = namespace or kustomization["namespace"]
+    (deployment,) = [d for d in _kubectl_kustomize(tmp_path) if d["kind"] == "Deployment"]
+    assert deployment["metadata"]["namespace"] == wanted
+    searches = pod_spec(deployment)["dnsConfig"]["searches"]
+    assert searches == [f"{wanted}.svc.cluster.local", "svc.cluster.local", "cluster.local"]

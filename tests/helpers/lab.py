@@ -6,8 +6,11 @@ Two hosts, each a network namespace joined by one veth pair (needs root):
   connectivity only. It holds an IPv6 address, so resolvers still return AAAA records
   (getaddrinfo's AI_ADDRCONFIG), but it has no route to the service's IPv6 prefix, so a
   connect() there fails at once with ENETUNREACH. Its /etc/netns resolv.conf points at the
-  lab DNS server (``CLIENT_DNS``). Clients run here under their own group (``CLIENT_GID``),
-  the proxy under another (``PROXY_GID``), so nftables can tell their packets apart.
+  lab DNS server (``CLIENT_DNS``); `resolving_through` points it elsewhere for a while (at
+  ipv4proxy's DNS listener on the gateway's 127.0.0.1, for DNS mode). Clients run here
+  under their own group (``CLIENT_GID``), the proxy under another (``PROXY_GID``), the
+  DNS-mode proxy under a third (``DNS_PROXY_GID``), so nftables can tell their packets
+  apart.
 - **service**: dual-stack. One program (`helpers.lab_service`) serves DNS on
   ``CLIENT_DNS`` (for clients) and ``PROXY_DNS`` (given to the proxy with --nameserver),
   answering in a fixed order, and HTTPS with a WebSocket echo and a media file on port 443
@@ -17,8 +20,10 @@ nftables, on the service: the first SYN of each new IPv4 connection to port 443 
 so every IPv4 handshake takes about a second (the kernel retransmits the SYN after 1 s;
 netem is not available everywhere); the failover name's first two addresses drop
 everything. On the gateway: named counters of the client group's DNS queries and SYNs to
-the service (a client that bypasses the proxy), and of the proxy group's IPv4 and IPv6
-packets and DNS traffic.
+the service (a client that bypasses the proxy; IPv6 SYNs also on their own), of the client
+group's DNS queries to anything but the gateway's loopback (DNS mode: clients ask only
+the local listener), of the proxy group's IPv4 and IPv6 packets and DNS traffic, and of
+the DNS-mode proxy group's DNS queries and IPv6 packets.
 
 The broken-IPv6 mode (`set_broken_ipv6`) gives the gateway a route to the service's IPv6
 prefix while the service silently drops IPv6 SYNs: the path where a dual-stack client hangs.
@@ -57,6 +62,9 @@ __all__ = [
     "BLACKHOLES",
     "CLIENT_DNS",
     "CLIENT_GID",
+    "DNS_LISTEN",
+    "DNS_MODE_NAME",
+    "DNS_PROXY_GID",
     "GATEWAY_V4",
     "LAB_CONNECT_TIMEOUT",
     "LAB_NAMES",
@@ -95,6 +103,12 @@ SERVICE_V6 = "fd00:4:1::2"
 # Group ids of the lab's clients and of the proxy; no name needs to exist for them.
 CLIENT_GID = 47301
 PROXY_GID = 47302
+DNS_PROXY_GID = 47303
+# DNS mode's listener, where a pod's or a VM's resolv.conf would point: the gateway's own
+# loopback, port 53 (resolv.conf names no port).
+DNS_LISTEN = "127.0.0.1:53"
+# A name only the DNS-mode evidence case asks for, so its questions are all the listener's.
+DNS_MODE_NAME = "dnsmode.lab.test"
 # The proxy's connect timeout in the lab, given explicitly (the failover case asserts that
 # the third address wins well before it); 10 s is also the product's default.
 LAB_CONNECT_TIMEOUT = 10.0
@@ -107,6 +121,7 @@ LAB_NAMES: dict[str, dict[str, list[str]]] = {
     "media.lab.test": {"A": [SERVICE_V4], "AAAA": [SERVICE_V6]},
     "multi.lab.test": {"A": list(MULTI_ADDRESSES), "AAAA": [SERVICE_V6]},
     "v6only.lab.test": {"AAAA": [SERVICE_V6]},
+    DNS_MODE_NAME: {"A": [SERVICE_V4], "AAAA": [SERVICE_V6]},
 }
 
 _PREFIX = "ipv4proxy-lab-"
@@ -225,6 +240,7 @@ class Counters:
 def _gateway_rules() -> str:
     client = f"meta skgid {CLIENT_GID}"
     proxy = f"meta skgid {PROXY_GID}"
+    dns_proxy = f"meta skgid {DNS_PROXY_GID}"
     syn = "tcp flags & (syn | ack) == syn"
     return f"""
 table inet {_NFT_TABLE} {{
@@ -234,12 +250,23 @@ table inet {_NFT_TABLE} {{
     counter proxy_ipv6 {{}}
     counter proxy_dns {{}}
     counter proxy_dns_elsewhere {{}}
+    counter client_dns_remote {{}}
+    counter client_syn6 {{}}
+    counter dns_proxy_dns {{}}
+    counter dns_proxy_ipv6 {{}}
     chain output {{
         type filter hook output priority filter; policy accept;
         {client} udp dport 53 counter name client_dns
         {client} tcp dport 53 counter name client_dns
+        {client} meta l4proto {{ tcp, udp }} th dport 53 ip daddr != 127.0.0.0/8 \\
+            counter name client_dns_remote
+        {client} meta l4proto {{ tcp, udp }} th dport 53 meta nfproto ipv6 \\
+            counter name client_dns_remote
         {client} ip daddr {LAN_V4} {syn} counter name client_syn
         {client} ip6 daddr {SERVICE_V6_NET} {syn} counter name client_syn
+        {client} ip6 daddr {SERVICE_V6_NET} {syn} counter name client_syn6
+        {dns_proxy} meta l4proto {{ tcp, udp }} th dport 53 counter name dns_proxy_dns
+        {dns_proxy} meta nfproto ipv6 counter name dns_proxy_ipv6
         {proxy} meta nfproto ipv6 counter name proxy_ipv6
         {proxy} meta nfproto ipv4 oifname != "lo" counter name proxy_ipv4_out
         {proxy} udp dport 53 counter name proxy_dns
@@ -370,18 +397,28 @@ class Lab:
         self._write_resolv_conf()
         self._start_service()
 
-    def _write_resolv_conf(self) -> None:
+    def _write_resolv_conf(self, nameserver: str = CLIENT_DNS) -> None:
         etc_netns = Path("/etc/netns")
         if not etc_netns.exists():
             etc_netns.mkdir(mode=0o755)
             self._made_etc_netns = True
         directory = etc_netns / self.gateway
-        directory.mkdir(mode=0o755)
+        directory.mkdir(mode=0o755, exist_ok=True)
         (directory / "resolv.conf").write_text(
             f"# ipv4proxy lab {self.run_id}\n"
-            f"nameserver {CLIENT_DNS}\n"
+            f"nameserver {nameserver}\n"
             "options timeout:2 attempts:2\n"
         )
+
+    @contextlib.contextmanager
+    def resolving_through(self, nameserver: str) -> Iterator[None]:
+        """Programs started on the gateway meanwhile resolve through `nameserver` (its
+        resolv.conf, which ``ip netns exec`` mounts at each start); then CLIENT_DNS again."""
+        self._write_resolv_conf(nameserver)
+        try:
+            yield
+        finally:
+            self._write_resolv_conf()
 
     def _start_service(self) -> None:
         ca = trustme.CA()

@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from types import FrameType
 
 import pytest
+import yaml
 
 from helpers.ci import unavailable
 from helpers.lab import (
+    CLIENT_DNS,
+    DNS_LISTEN,
+    DNS_PROXY_GID,
     LAB_CONNECT_TIMEOUT,
     LAN_V4,
     PROXY_DNS,
@@ -26,7 +30,9 @@ from helpers.lab import (
     LabUnavailable,
     sweep_stale,
 )
-from helpers.proxy import ProxyProcess
+from helpers.proxy import REPO_ROOT, START_SECONDS, ProxyProcess
+
+SIDECAR_DNS_CONFIGMAP = REPO_ROOT / "deploy" / "kubernetes" / "sidecar-dns" / "configmap.yaml"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -89,6 +95,56 @@ def lab_proxy(lab: Lab) -> Iterator[ProxyProcess]:
             problems.append(f"the proxy sent {sent_ipv6} IPv6 packets")
         if problems:
             pytest.fail("the lab proxy misbehaved during the run:\n" + "\n".join(problems))
+
+
+@pytest.fixture(scope="session")
+def lab_dns_proxy(lab: Lab) -> Iterator[ProxyProcess]:
+    """ipv4proxy in DNS mode on the gateway, under its own group: the configuration the
+    Kubernetes DNS-mode sidecar ships (its ConfigMap), with only what an operator changes
+    changed: the upstream is the lab DNS server the clients used to ask (``CLIENT_DNS``)
+    instead of the cluster DNS Service. Its DNS listener is the ConfigMap's 127.0.0.1:53.
+
+    At the end, for the whole run: no unhandled error in its stderr, no IPv6 packet from it.
+    """
+    configmap = yaml.safe_load(SIDECAR_DNS_CONFIGMAP.read_text(encoding="utf-8"))
+    config = lab.workdir / "sidecar-dns.yaml"
+    config.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
+    assert yaml.safe_load(config.read_text())["dns"]["listen"] == [DNS_LISTEN]
+    # After the default test flags, which replace the ConfigMap's listeners, admin address,
+    # resolver and log settings with the test proxy's (lists given as flags replace).
+    flags = (
+        "--config",
+        str(config),
+        "--connect-timeout",
+        str(LAB_CONNECT_TIMEOUT),
+        "--policy-allow-cidrs",
+        str(LAN_V4),
+        "--dns-upstreams",
+        CLIENT_DNS,
+    )
+    process = ProxyProcess(
+        53,
+        flags,
+        lab.workdir / "dns-proxy.log",
+        nameserver_host=PROXY_DNS,
+        command_prefix=lab.on_gateway(DNS_PROXY_GID),
+    )
+    try:
+        process.start()
+        bound = process.wait_for_line(
+            lambda line: f"dns listening on {DNS_LISTEN}" in line, START_SECONDS
+        )
+        if bound is None:
+            pytest.fail("the DNS listener did not start:\n" + "\n".join(process.logs()))
+        yield process
+    finally:
+        process.stop()
+        problems = [f"stderr: {line}" for line in process.crash_lines()[:5]]
+        sent_ipv6 = lab.counters(lab.gateway)["dns_proxy_ipv6"]
+        if sent_ipv6:
+            problems.append(f"the DNS-mode proxy sent {sent_ipv6} IPv6 packets")
+        if problems:
+            pytest.fail("the DNS-mode proxy misbehaved during the run:\n" + "\n".join(problems))
 
 
 @pytest.fixture

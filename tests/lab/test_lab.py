@@ -6,6 +6,11 @@ connection (each IPv4 handshake takes about a second), real DNS answering A and 
 
 Every proxied case also shows that the client did not go around the proxy (`no_bypass`)
 and that the slow IPv4 path was in effect for it (the service dropped a first SYN).
+
+DNS mode: the same unmodified clients, with no proxy setting at all, the gateway's
+resolv.conf pointing at ipv4proxy's DNS listener: they connect by themselves, over IPv4
+only, having asked nobody but the listener; without it they fail (on the broken-IPv6
+path they try IPv6 first and connect late; in DNS mode they never try IPv6).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,10 +28,13 @@ from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.lab import (
     BLACKHOLES,
     CLIENT_DNS,
+    DNS_LISTEN,
+    DNS_MODE_NAME,
     LAB_CONNECT_TIMEOUT,
     MEDIA_BLOCKS,
     MULTI_ADDRESSES,
@@ -39,7 +48,7 @@ from helpers.lab import (
 )
 from helpers.process import stop_process
 from helpers.programs import NODE_DIR, curl_command, node_command
-from helpers.proxy import ProxyProcess
+from helpers.proxy import REPO_ROOT, ProxyProcess
 from helpers.servers import Payload, binary_ws_message
 
 pytestmark = [
@@ -305,6 +314,167 @@ def test_broken_ipv6_path_is_not_noticed(
     seen = watch.gateway()
     assert seen["proxy_ipv4_out"] > 0, seen
     assert seen["proxy_ipv6"] == 0, seen
+
+
+# --- DNS mode: no proxy setting in any client -----------------------------------------------
+
+# The clients of DNS mode (tests/node/plain-client.mjs): `ws` is also run as ws-plain.mjs.
+PLAIN_CLIENTS = ["ws", "fetch", "https", "baileys"]
+# Each run's own bound, under the program bound (a hang exits 2).
+PLAIN_DEADLINE_MS = 20000
+LISTENER_HOST = DNS_LISTEN.rpartition(":")[0]
+DNS_READY = REPO_ROOT / "deploy" / "systemd" / "dns-ready.py"
+
+
+def _plain(
+    lab: Lab, kind: str, deadline_ms: int = PLAIN_DEADLINE_MS, url: str = ""
+) -> CompletedProcess[bytes]:
+    url = url or (WS_URL if kind in {"ws", "baileys"} else MEDIA_URL)
+    return _node(lab, "plain-client.mjs", [kind, url, str(deadline_ms)], {})
+
+
+def _failure(result: CompletedProcess[bytes]) -> dict[str, Any]:
+    stderr = result.stderr.decode()
+    lines = [line for line in stderr.splitlines() if line.startswith("failure ")]
+    assert lines, f"exit {result.returncode}: {stderr}"
+    failure = json.loads(lines[-1].removeprefix("failure "))
+    assert isinstance(failure, dict), failure
+    return failure
+
+
+def _assert_connected(lab: Lab, kind: str) -> None:
+    """Run one plain client (resolv.conf as it is now) and check what it got."""
+    if kind == "ws":
+        # The very script of the production failure, unchanged.
+        text = "hello via DNS mode"
+        assert _json(_node(lab, "ws-plain.mjs", [WS_URL, text], {})) == _echoed(text)
+        return
+    result = _json(_plain(lab, kind))
+    if kind == "baileys":
+        # Baileys' WebSocket opened and the service's first frame came back through it.
+        assert result == {"opened": True, "frames": 1}, result
+        return
+    size, sha256 = _media_digest()
+    assert result == {"status": 200, "size": size, "sha256": sha256}
+
+
+def _access_lines(proxy: ProxyProcess, mark: int) -> list[str]:
+    """Access lines (a tunnel each) since `mark`, in the text or the JSON log format (the
+    DNS-mode proxy runs the sidecar's ConfigMap, which logs JSON)."""
+    return [line for line in proxy.logs()[mark:] if "ipv4proxy.access" in line]
+
+
+def _assert_dns_mode_evidence(
+    lab: Lab, proxy: ProxyProcess, watch: _Watch, mark: int, *, broken: bool = False
+) -> None:
+    """The client asked only the listener, then connected by itself over IPv4 only."""
+    seen = watch.gateway()
+    assert seen["client_dns"] > 0, seen  # it resolved, through 127.0.0.1:53
+    assert seen["client_dns_remote"] == 0, seen  # and asked nobody else
+    assert seen["client_syn"] > 0, seen  # it connected itself: no proxy in the path
+    assert seen["client_syn6"] == 0, seen  # never over IPv6
+    assert seen["dns_proxy_ipv6"] == 0, seen
+    # The slow IPv4 path was in effect, and the client waited for it.
+    assert watch.service()["first_syn_dropped"] >= 1
+    if broken:
+        assert watch.service()["ipv6_syn_dropped"] == 0
+    # ipv4proxy carried no tunnel: DNS alone did it.
+    assert _access_lines(proxy, mark) == []
+
+
+@pytest.mark.parametrize("kind", ["fetch", "https", "baileys"])
+def test_plain_client_direct_fails_with_enetunreach_and_etimedout(lab: Lab, kind: str) -> None:
+    """What ws-plain.mjs shows above, for Node's fetch, https.get and Baileys: the failure
+    DNS mode must fix (the same AggregateError; Baileys wraps it, fetch gives it as cause)."""
+    watch = _Watch(lab)
+    result = _plain(lab, kind)
+    assert result.returncode == 1, f"expected the production failure, got: {result!r}"
+    failure = _failure(result)
+    assert failure["name"] == "AggregateError", failure
+    inner = {(e["code"], e["address"]) for e in failure["errors"]}
+    assert inner == {("ETIMEDOUT", SERVICE_V4), ("ENETUNREACH", SERVICE_V6)}, failure
+    seen = watch.gateway()
+    assert seen["client_dns_remote"] > 0, seen  # the lab DNS server, AAAA included
+    assert seen["client_syn"] > 0, seen
+
+
+@pytest.mark.parametrize("kind", PLAIN_CLIENTS)
+def test_plain_client_connects_through_dns_mode(
+    lab: Lab, lab_dns_proxy: ProxyProcess, kind: str
+) -> None:
+    """No proxy setting, no preload, no agent: only resolv.conf names ipv4proxy."""
+    watch = _Watch(lab)
+    mark = lab_dns_proxy.mark()
+    with lab.resolving_through(LISTENER_HOST):
+        _assert_connected(lab, kind)
+    _assert_dns_mode_evidence(lab, lab_dns_proxy, watch, mark)
+
+
+@pytest.mark.parametrize("kind", PLAIN_CLIENTS)
+def test_broken_ipv6_path_plain_client_tries_ipv6_directly_never_in_dns_mode(
+    lab: Lab, lab_dns_proxy: ProxyProcess, broken_ipv6: None, kind: str
+) -> None:
+    """The gateway routes IPv6 to the service, which drops the SYNs. Directly, Node sorts
+    the IPv6 address first (RFC 6724: a route now exists), sends its SYN into the black
+    hole, gives up on it after 250 ms and falls back to IPv4, which is then the last
+    attempt and untimed: it connects, late, having tried IPv6. In DNS mode it never
+    learns an IPv6 address, so it never sends an IPv6 SYN."""
+    watch = _Watch(lab)
+    _assert_connected(lab, kind)
+    assert watch.gateway()["client_syn6"] >= 1
+    assert watch.service()["ipv6_syn_dropped"] >= 1
+
+    watch = _Watch(lab)
+    mark = lab_dns_proxy.mark()
+    with lab.resolving_through(LISTENER_HOST):
+        _assert_connected(lab, kind)
+    _assert_dns_mode_evidence(lab, lab_dns_proxy, watch, mark, broken=True)
+
+
+def _metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_dns_mode_evidence_listener_emptied_aaaa_and_asked_upstream(
+    lab: Lab, lab_dns_proxy: ProxyProcess
+) -> None:
+    """A name nobody asked before: the client asked only the listener, the listener asked
+    the lab DNS server (A and AAAA, from its own group) and answered AAAA with no address;
+    and the start gate of every DNS-mode deployment (dns-ready.py) passes against it."""
+    watch = _Watch(lab)
+    asked_before = len(lab.dns_queries())
+    with lab.resolving_through(LISTENER_HOST):
+        result = _json(_plain(lab, "https", url=f"https://{DNS_MODE_NAME}/hello"))
+    assert result["status"] == 200, result
+    seen = watch.gateway()
+    assert seen["client_dns_remote"] == 0, seen
+    assert seen["dns_proxy_dns"] > 0, seen
+    new = {(q.server, q.qtype, q.name) for q in lab.dns_queries()[asked_before:]}
+    assert {(CLIENT_DNS, "A", DNS_MODE_NAME), (CLIENT_DNS, "AAAA", DNS_MODE_NAME)} <= new
+    page = lab.run_gateway(
+        curl_command([f"http://127.0.0.1:{lab_dns_proxy.admin_port}/metrics"]), gid=0
+    )
+    assert page.returncode == 0, page.stderr.decode()
+    metrics = page.stdout.decode()
+    assert _metric_sum(metrics, "ipv4proxy_dns_queries_total", qtype="AAAA") > 0
+    assert _metric_sum(metrics, "ipv4proxy_dns_aaaa_emptied_total") > 0
+    probe = lab.run_gateway([sys.executable, str(DNS_READY), DNS_LISTEN])
+    assert probe.returncode == 0, probe.stderr.decode()
+    # The sidecar serves both modes, and the no-tunnel check above can see a tunnel.
+    mark = lab_dns_proxy.mark()
+    proxied = _curl(
+        lab,
+        ["--cacert", str(lab.ca_file), f"https://{DNS_MODE_NAME}/hello"],
+        {"HTTPS_PROXY": f"http://127.0.0.1:{lab_dns_proxy.port}"},
+    )
+    assert _json(proxied)["local"] == SERVICE_V4
+    lab_dns_proxy.wait_for_line(lambda line: "ipv4proxy.access" in line, since=mark)
+    assert len(_access_lines(lab_dns_proxy, mark)) == 1
 
 
 # --- evidence and honesty -------------------------------------------------------------------
