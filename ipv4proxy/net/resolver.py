@@ -46,6 +46,7 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.nameserver
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -150,6 +151,19 @@ def search_names(name: str, search: Sequence[str], ndots: int) -> tuple[str, ...
     ]
     names = [name, *expanded] if name.count(".") >= ndots else [*expanded, name]
     return tuple(dict.fromkeys(names))
+
+
+def _server_errors(exc: dns.resolver.NoNameservers) -> str:
+    """What each server said, in one short line (``127.0.0.1:53 REFUSED``): dnspython's own
+    text repeats the query and each server's exception."""
+    said = []
+    for server, _tcp, port, error, response in exc.kwargs.get("errors", []):
+        if isinstance(response, dns.message.Message):
+            what = dns.rcode.to_text(response.rcode())
+        else:
+            what = type(error).__name__ if isinstance(error, Exception) else str(error)
+        said.append(f"{server}:{port} {what}")
+    return ", ".join(dict.fromkeys(said)) or "no answer"
 
 
 def _load_hosts(path: str) -> dict[str, tuple[str, ...]]:
@@ -409,9 +423,8 @@ class Resolver:
         except dns.resolver.LifetimeTimeout as exc:
             raise ResolveError(f"DNS lookup of {name} timed out") from exc
         except dns.resolver.NoNameservers as exc:
-            # dnspython's text lists every server's answer over several lines: one line here.
             raise ResolveError(
-                f"DNS lookup of {name} failed: every DNS server failed (SERVFAIL or refused)"
+                f"DNS lookup of {name} failed: every DNS server failed ({_server_errors(exc)})"
             ) from exc
         except dns.exception.DNSException as exc:
             raise ResolveError(f"DNS lookup of {name} failed: {type(exc).__name__}") from exc
