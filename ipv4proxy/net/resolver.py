@@ -35,6 +35,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import time
@@ -158,11 +159,14 @@ def _server_errors(exc: dns.resolver.NoNameservers) -> str:
     text repeats the query and each server's exception."""
     said = []
     for server, _tcp, port, error, response in exc.kwargs.get("errors", []):
+        address = getattr(server, "address", server)  # a Nameserver object, or its address
         if isinstance(response, dns.message.Message):
             what = dns.rcode.to_text(response.rcode())
+        elif isinstance(error, OSError) and error.errno:
+            what = f"{errno.errorcode.get(error.errno, error.errno)} ({error.strerror})"
         else:
             what = type(error).__name__ if isinstance(error, Exception) else str(error)
-        said.append(f"{server}:{port} {what}")
+        said.append(f"{address}:{port} {what}")
     return ", ".join(dict.fromkeys(said)) or "no answer"
 
 
