@@ -159,7 +159,8 @@ def _server_errors(exc: dns.resolver.NoNameservers) -> str:
     text repeats the query and each server's exception."""
     said = []
     for server, _tcp, port, error, response in exc.kwargs.get("errors", []):
-        address = getattr(server, "address", server)  # a Nameserver object, or its address
+        # dnspython names a server "Do53:ADDRESS@PORT"; the port is the tuple's own.
+        address = str(getattr(server, "address", server)).split("@")[0].removeprefix("Do53:")
         if isinstance(response, dns.message.Message):
             what = dns.rcode.to_text(response.rcode())
         elif isinstance(error, OSError) and error.errno:
