@@ -267,16 +267,18 @@ async def run(
     dns_listener = DnsListener(config, proxy.metrics) if config.dns.listen else None
     loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener)
     admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
-    # Which setting a failed bind belongs to, so the error says what to change.
-    where = "listeners (--listen)"
+    # Which setting a failed bind belongs to, so the error says what to change. The DNS
+    # listener binds first: /readyz turns ready in proxy.start(), and a sidecar's app must
+    # not start before its DNS answers.
+    where = "dns.listen (--dns-listen)"
     try:
+        if dns_listener is not None:
+            await dns_listener.start()
+        where = "listeners (--listen)"
         await proxy.start()
         if admin is not None:
             where = f"admin.listen {config.admin.listen} (--admin-listen; '' turns it off)"
             proxy.listening_also(await admin.start())
-        if dns_listener is not None:
-            where = "dns.listen (--dns-listen)"
-            await dns_listener.start()
     except OSError as exc:
         log.error("cannot listen: %s: %s", where, exc)  # noqa: TRY400 - the reason is the message
         if dns_listener is not None:

@@ -67,7 +67,8 @@ LOG_WAIT_SECONDS = 5.0
 # A log larger than this many lines means a runaway loop; stop collecting.
 _MAX_LOG_LINES = 200_000
 
-_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+# The proxy listener's line, not the DNS listener's ("dns listening on ...", logged first).
+_LISTENING = re.compile(r"(?<!dns )listening on 127\.0\.0\.1:(\d+)")
 _ADMIN = re.compile(r"admin endpoints on http://127\.0\.0\.1:(\d+)")
 _ACCESS = re.compile(r"\btunnel client=")
 # Lines that mean the proxy met an error it did not handle.

@@ -476,3 +476,14 @@ def test_a_tcp_client_announcing_an_oversized_query_is_closed(
         sock.sendall(struct.pack("!H", 60_000) + b"\0" * 4096)
         assert sock.recv(1) == b""  # closed, no answer
     assert _tcp(port, "v4.test", "A").rcode() == dns.rcode.NOERROR
+
+
+def test_dns_answers_before_the_proxy_says_ready(listener: tuple[ProxyProcess, int]) -> None:
+    """/readyz turns ready with the proxy listeners: the DNS listener is bound before them,
+    so an app started on readiness finds its DNS answering."""
+    proxy, _ = listener
+    lines = proxy.logs()
+    dns_at = next(i for i, line in enumerate(lines) if "dns listening on" in line)
+    ready_at = next(i for i, line in enumerate(lines) if line.rstrip().endswith(" ready"))
+    listening_at = next(i for i, line in enumerate(lines) if " ipv4proxy listening on" in line)
+    assert dns_at < listening_at < ready_at
