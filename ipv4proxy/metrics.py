@@ -59,7 +59,7 @@ CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # Seconds from a DNS query to its answer (DNS mode): cached answers are microseconds, a
 # forwarded one a round trip to the cluster DNS (milliseconds), up to resolver.timeout.
 DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# The label values of ipv4proxy_dns_queries_total (README, "DNS mode").
+# The label values of ipv4proxy_dns_queries_total (docs/dns-mode.md).
 DNS_QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "ANY", "other")
 DNS_OUTCOMES = (
     "ok",

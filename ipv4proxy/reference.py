@@ -65,7 +65,7 @@ def render_configuration() -> str:
         "its meaning. Precedence: flag > environment > file (`--config` / `IPV4PROXY_CONFIG`) "
         "> default. A list is given as a YAML list in the file, and as a comma-separated "
         "value or a repeated flag on the command line. How to use them: "
-        "[the configuration guide](../../README.md#configuration); every key with a comment: "
+        "[the configuration guide](../configuration.md); every key with a comment: "
         "[`deploy/config.example.yaml`](../../deploy/config.example.yaml).\n",
     ]
     section = None
@@ -102,7 +102,7 @@ def render_metrics() -> str:
         "counter's name ends in `_total`; a histogram has `_bucket`, `_sum` and `_count` "
         "series. No destination name or address is ever a label, so the number of series "
         "stays bounded; series with fixed label values exist (at 0) from the start. How to "
-        "use them: [Operations](../../README.md#operations).\n",
+        "use them: [Operations](../operations.md).\n",
         "| Series | Type | Labels | Meaning |",
         "|---|---|---|---|",
     ]
