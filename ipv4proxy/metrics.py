@@ -1,7 +1,7 @@
 """Prometheus metrics: what the proxy counts, kept in a registry of its own.
 
 Every series is listed here, with the label values it can take, so the whole set can be
-read in one place (the README's metrics table is this list). The exposition format and the
+read in one place (docs/reference/metrics.md is rendered from SERIES). The exposition format and the
 histogram maths are prometheus-client's job; `Metrics.render()` returns the text page.
 
 Rules:
@@ -17,7 +17,9 @@ Rules:
 from __future__ import annotations
 
 import errno
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,7 +39,10 @@ __all__ = [
     "CONTENT_TYPE",
     "DNS_OUTCOMES",
     "DNS_QTYPES",
+    "SERIES",
+    "Label",
     "Metrics",
+    "Series",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -54,7 +59,7 @@ CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # Seconds from a DNS query to its answer (DNS mode): cached answers are microseconds, a
 # forwarded one a round trip to the cluster DNS (milliseconds), up to resolver.timeout.
 DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# The label values of ipv4proxy_dns_queries_total (README, "DNS mode").
+# The label values of ipv4proxy_dns_queries_total (docs/dns-mode.md).
 DNS_QTYPES = ("A", "AAAA", "HTTPS", "SVCB", "ANY", "other")
 DNS_OUTCOMES = (
     "ok",
@@ -74,116 +79,218 @@ CLOSED_OK = "ok"
 CLOSED_CUT = "cut"
 
 
+# The protocol label's values: the client protocols (ipv4proxy.protocols) and plain-HTTP
+# forwarding (ipv4proxy.net.forward).
+PROTOCOLS = ("http-connect", "http-forward", "socks5", "socks4", "socks4a")
+
+
+@dataclass(frozen=True)
+class Label:
+    """A label of a series: its name, the values it takes (empty when the set is open but
+    bounded, as errno names are) and what they are."""
+
+    name: str
+    values: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of the page: ``attr`` is the Metrics attribute that holds it, ``name`` its
+    name without the ``_total`` a counter gets in the exposition."""
+
+    attr: str
+    name: str
+    kind: str  # "counter", "gauge" or "histogram"
+    help: str
+    labels: tuple[Label, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def exposed_name(self) -> str:
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+
+# Every series, in page order: Metrics builds its series from this table and the reference
+# page (docs/reference/metrics.md, `python3 -m ipv4proxy.reference`) is rendered from it.
+SERIES: tuple[Series, ...] = (
+    Series(
+        "tunnels_opened",
+        "ipv4proxy_tunnels_opened",
+        "counter",
+        "Tunnels whose upstream connection was made, by client protocol",
+        (Label("protocol", PROTOCOLS),),
+    ),
+    Series(
+        "tunnels_closed",
+        "ipv4proxy_tunnels_closed",
+        "counter",
+        "Tunnels that ended, by client protocol and outcome (ok: a side closed; "
+        "cut: closed by the proxy at the end of a drain)",
+        (
+            Label("protocol", PROTOCOLS),
+            Label(
+                "outcome",
+                (CLOSED_OK, Failure.IDLE_TIMEOUT.cause, CLOSED_CUT),
+                "IDLE_TIMEOUT: closed idle (the access line's outcome says the same)",
+            ),
+        ),
+    ),
+    Series("tunnels_active", "ipv4proxy_tunnels_active", "gauge", "Tunnels open now"),
+    Series(
+        "connect_seconds",
+        "ipv4proxy_connect_seconds",
+        "histogram",
+        "Seconds from a complete request to a connected upstream socket (DNS included)",
+        buckets=CONNECT_BUCKETS,
+    ),
+    Series(
+        "dns_lookups",
+        "ipv4proxy_dns_lookups",
+        "counter",
+        "Name lookups by result: hit (cache or hosts file), miss (asked DNS, got A "
+        "records), stale (expired answer served), nxdomain, nodata, error, busy (refused at "
+        "once: resolver.max_in_flight lookups were in flight)",
+        (Label("result", LOOKUP_RESULTS),),
+    ),
+    Series(
+        "connect_failures",
+        "ipv4proxy_upstream_connect_failures",
+        "counter",
+        "Failed IPv4 connect attempts of dials that found no working address, by errno",
+        (
+            Label(
+                "cause",
+                (),
+                "errno names (ETIMEDOUT, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ...) or OTHER",
+            ),
+        ),
+    ),
+    Series(
+        "bytes",
+        "ipv4proxy_tunnel_bytes",
+        "counter",
+        "Bytes relayed by closed tunnels: sent (client to destination), received "
+        "(destination to client)",
+        (Label("direction", ("sent", "received")),),
+    ),
+    Series(
+        "refusals",
+        "ipv4proxy_refusals",
+        "counter",
+        "Requests refused, by cause (the outcome of the access line)",
+        (Label("reason", tuple(failure.cause for failure in Failure)),),
+    ),
+    Series(
+        "reloads",
+        "ipv4proxy_config_reloads",
+        "counter",
+        "SIGHUP reloads by result (applied or refused)",
+        (Label("result", ("applied", "refused")),),
+    ),
+    Series("ready", "ipv4proxy_ready", "gauge", "1 when listening and not draining"),
+    Series(
+        "connections_open",
+        "ipv4proxy_connections_open",
+        "gauge",
+        "Client connections open now (bounded by limits.max_connections)",
+    ),
+    Series(
+        "relay_held",
+        "ipv4proxy_relay_held_bytes",
+        "gauge",
+        "Bytes tunnels hold for peers that read slowly (bounded by limits.relay_memory)",
+    ),
+    Series(
+        "handshake_held",
+        "ipv4proxy_handshake_held_bytes",
+        "gauge",
+        "Bytes unfinished requests hold (bounded by limits.handshake_memory)",
+    ),
+    Series(
+        "dns_queries",
+        "ipv4proxy_dns_queries",
+        "counter",
+        "DNS listener queries by type (A, AAAA, HTTPS, SVCB, ANY, other) and outcome (ok, "
+        "cached, nodata_aaaa: an AAAA query the upstream answered NOERROR, answered "
+        "without addresses, refused: a "
+        "client not in dns.clients, rate_limited, busy: dns.max_in_flight reached, "
+        "upstream_failure: no upstream answered, servfail: the upstream's answer was no "
+        "answer)",
+        (Label("qtype", DNS_QTYPES), Label("outcome", DNS_OUTCOMES)),
+    ),
+    Series(
+        "dns_aaaa_emptied",
+        "ipv4proxy_dns_aaaa_emptied",
+        "counter",
+        "AAAA queries whose upstream answer held AAAA records, answered without them",
+    ),
+    Series(
+        "dns_ipv6hints_removed",
+        "ipv4proxy_dns_ipv6hints_removed",
+        "counter",
+        "ipv6hint parameters taken out of HTTPS and SVCB records",
+    ),
+    Series(
+        "dns_upstream_failures",
+        "ipv4proxy_dns_upstream_failures",
+        "counter",
+        "DNS listener upstream attempts that failed, by cause (timeout, unreachable, "
+        "bad_response, no_upstream)",
+        (Label("cause", DNS_UPSTREAM_FAILURES),),
+    ),
+    Series(
+        "dns_query_seconds",
+        "ipv4proxy_dns_query_seconds",
+        "histogram",
+        "Seconds from a DNS listener query to its answer (refusals not included)",
+        buckets=DNS_BUCKETS,
+    ),
+)
+
+
+_M = typing.TypeVar("_M", Counter, Gauge, Histogram)
+
+
+def _as(metric: Counter | Gauge | Histogram, kind: type[_M]) -> _M:
+    assert isinstance(metric, kind), metric
+    return metric
+
+
+def _build(series: Series, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+    names = [label.name for label in series.labels]
+    if series.kind == "counter":
+        return Counter(series.name, series.help, names, registry=registry)
+    if series.kind == "gauge":
+        return Gauge(series.name, series.help, names, registry=registry)
+    return Histogram(series.name, series.help, names, buckets=series.buckets, registry=registry)
+
+
 class Metrics:
     """The proxy's counters; one instance per Proxy."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.tunnels_opened = Counter(
-            "ipv4proxy_tunnels_opened",
-            "Tunnels whose upstream connection was made, by client protocol",
-            ["protocol"],
-            registry=r,
-        )
-        self.tunnels_closed = Counter(
-            "ipv4proxy_tunnels_closed",
-            "Tunnels that ended, by client protocol and outcome (ok: a side closed; "
-            "cut: closed by the proxy at the end of a drain)",
-            ["protocol", "outcome"],
-            registry=r,
-        )
-        self.tunnels_active = Gauge("ipv4proxy_tunnels_active", "Tunnels open now", registry=r)
-        self.connect_seconds = Histogram(
-            "ipv4proxy_connect_seconds",
-            "Seconds from a complete request to a connected upstream socket (DNS included)",
-            buckets=CONNECT_BUCKETS,
-            registry=r,
-        )
-        self.dns_lookups = Counter(
-            "ipv4proxy_dns_lookups",
-            "Name lookups by result: hit (cache or hosts file), miss (asked DNS, got A "
-            "records), stale (expired answer served), nxdomain, nodata, error, busy (refused at "
-            "once: resolver.max_in_flight lookups were in flight)",
-            ["result"],
-            registry=r,
-        )
-        self.connect_failures = Counter(
-            "ipv4proxy_upstream_connect_failures",
-            "Failed IPv4 connect attempts of dials that found no working address, by errno",
-            ["cause"],
-            registry=r,
-        )
-        self.bytes = Counter(
-            "ipv4proxy_tunnel_bytes",
-            "Bytes relayed by closed tunnels: sent (client to destination), received "
-            "(destination to client)",
-            ["direction"],
-            registry=r,
-        )
-        self.refusals = Counter(
-            "ipv4proxy_refusals",
-            "Requests refused, by cause (the outcome of the access line)",
-            ["reason"],
-            registry=r,
-        )
-        self.reloads = Counter(
-            "ipv4proxy_config_reloads",
-            "SIGHUP reloads by result (applied or refused)",
-            ["result"],
-            registry=r,
-        )
-        self.ready = Gauge("ipv4proxy_ready", "1 when listening and not draining", registry=r)
-        # Read when /metrics is scraped (`watch`), never updated per connection or read.
-        self.connections_open = Gauge(
-            "ipv4proxy_connections_open",
-            "Client connections open now (bounded by limits.max_connections)",
-            registry=r,
-        )
-        self.relay_held = Gauge(
-            "ipv4proxy_relay_held_bytes",
-            "Bytes tunnels hold for peers that read slowly (bounded by limits.relay_memory)",
-            registry=r,
-        )
-        self.handshake_held = Gauge(
-            "ipv4proxy_handshake_held_bytes",
-            "Bytes unfinished requests hold (bounded by limits.handshake_memory)",
-            registry=r,
-        )
-        self.dns_queries = Counter(
-            "ipv4proxy_dns_queries",
-            "DNS listener queries by type (A, AAAA, HTTPS, SVCB, ANY, other) and outcome (ok, "
-            "cached, nodata_aaaa: an AAAA query the upstream answered NOERROR, answered "
-            "without addresses, refused: a "
-            "client not in dns.clients, rate_limited, busy: dns.max_in_flight reached, "
-            "upstream_failure: no upstream answered, servfail: the upstream's answer was no "
-            "answer)",
-            ["qtype", "outcome"],
-            registry=r,
-        )
-        self.dns_aaaa_emptied = Counter(
-            "ipv4proxy_dns_aaaa_emptied",
-            "AAAA queries whose upstream answer held AAAA records, answered without them",
-            registry=r,
-        )
-        self.dns_ipv6hints_removed = Counter(
-            "ipv4proxy_dns_ipv6hints_removed",
-            "ipv6hint parameters taken out of HTTPS and SVCB records",
-            registry=r,
-        )
-        self.dns_upstream_failures = Counter(
-            "ipv4proxy_dns_upstream_failures",
-            "DNS listener upstream attempts that failed, by cause (timeout, unreachable, "
-            "bad_response, no_upstream)",
-            ["cause"],
-            registry=r,
-        )
-        self.dns_query_seconds = Histogram(
-            "ipv4proxy_dns_query_seconds",
-            "Seconds from a DNS listener query to its answer (refusals not included)",
-            buckets=DNS_BUCKETS,
-            registry=r,
-        )
+        # One attribute per row of SERIES, named by its ``attr``.
+        built = {series.attr: _build(series, self.registry) for series in SERIES}
+        self.tunnels_opened = _as(built["tunnels_opened"], Counter)
+        self.tunnels_closed = _as(built["tunnels_closed"], Counter)
+        self.tunnels_active = _as(built["tunnels_active"], Gauge)
+        self.connect_seconds = _as(built["connect_seconds"], Histogram)
+        self.dns_lookups = _as(built["dns_lookups"], Counter)
+        self.connect_failures = _as(built["connect_failures"], Counter)
+        self.bytes = _as(built["bytes"], Counter)
+        self.refusals = _as(built["refusals"], Counter)
+        self.reloads = _as(built["reloads"], Counter)
+        self.ready = _as(built["ready"], Gauge)
+        self.connections_open = _as(built["connections_open"], Gauge)
+        self.relay_held = _as(built["relay_held"], Gauge)
+        self.handshake_held = _as(built["handshake_held"], Gauge)
+        self.dns_queries = _as(built["dns_queries"], Counter)
+        self.dns_aaaa_emptied = _as(built["dns_aaaa_emptied"], Counter)
+        self.dns_ipv6hints_removed = _as(built["dns_ipv6hints_removed"], Counter)
+        self.dns_upstream_failures = _as(built["dns_upstream_failures"], Counter)
+        self.dns_query_seconds = _as(built["dns_query_seconds"], Histogram)
         # Series that exist from the start read 0 instead of being absent, so rate() and
         # alerts work before the first event.
         for result in LOOKUP_RESULTS:

@@ -134,6 +134,6 @@ def test_baked_listener_is_not_open_to_everyone() -> None:
     assert "0.0.0.0/0" not in listener["clients"]
 
 
-def test_readme_builds_this_containerfile() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert f"-f {CONTAINERFILE.relative_to(REPO_ROOT)} " in readme
+def test_deployment_docs_build_this_containerfile() -> None:
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    assert f"-f {CONTAINERFILE.relative_to(REPO_ROOT)} " in docs

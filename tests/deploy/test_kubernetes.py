@@ -84,7 +84,7 @@ def test_manifest_without_native_sidecar_is_valid_on_the_oldest_version(
 @pytest.mark.parametrize("layout", ["sidecar", "sidecar-dns"])
 def test_native_sidecar_is_refused_by_an_old_schema(layout: str) -> None:
     """The schema check is real: an init container's restartPolicy came in 1.28 (alpha; on
-    by default from 1.29, which the README names), so the 1.27 schema refuses it."""
+    by default from 1.29, which docs/deployment.md names), so the 1.27 schema refuses it."""
     deployment = _one(_in(layout), "Deployment").doc
     assert validation_problem(deployment, "1.29.0") is None
     problem = validation_problem(deployment, K8S_OLDEST)

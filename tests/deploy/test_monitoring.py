@@ -50,7 +50,7 @@ MONITORING = DEPLOY / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 RULE_TESTS = Path(__file__).parent / "monitoring" / "alerts_test.yaml"
-README = REPO_ROOT / "README.md"
+OPERATIONS_DOC = REPO_ROOT / "docs" / "operations.md"
 
 # The scrape job of the test's Prometheus (the alert rules expect "ipv4proxy" in it).
 JOB = "ipv4proxy"
@@ -310,11 +310,11 @@ def test_promtool_unit_tests_fire_every_alert(tmp_path: Path) -> None:
     assert fired == {rule["alert"] for rule in _rules()}
 
 
-def test_readme_wraps_the_rules_in_a_prometheusrule(tmp_path: Path) -> None:
-    """The README's one-liner makes a PrometheusRule whose spec is the rule file."""
+def test_docs_wrap_the_rules_in_a_prometheusrule(tmp_path: Path) -> None:
+    """docs/operations.md's one-liner makes a PrometheusRule whose spec is the rule file."""
     lines = [
         line
-        for line in README.read_text().splitlines()
+        for line in OPERATIONS_DOC.read_text().splitlines()
         if "kind: PrometheusRule" in line and "deploy/monitoring/alerts.yaml" in line
     ]
     assert len(lines) == 1, lines

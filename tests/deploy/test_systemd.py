@@ -29,7 +29,7 @@ DNS_DROP_IN = SYSTEMD / "ipv4proxy.service.d" / "dns.conf"
 DNS_CONFIG = SYSTEMD / "dns-config.yaml"
 RESOLV_CONF = SYSTEMD / "resolv.conf"
 RESOLVED_DROP_IN = SYSTEMD / "resolved.conf.d" / "ipv4proxy-dns.conf"
-# Where the README installs them.
+# Where docs/deployment.md installs them.
 INSTALLED_BINARY = "/opt/ipv4proxy/bin/ipv4proxy"
 INSTALLED_PYTHON = "/opt/ipv4proxy/bin/python3"
 INSTALLED_CONFIG = "/etc/ipv4proxy/config.yaml"

@@ -44,7 +44,7 @@ DEPLOY = REPO_ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 # Every manifest is validated against this version's schemas (kubernetes-validate ships
 # them, so no network is needed); the layouts that do not need native sidecars also
-# against the oldest version the README claims for them.
+# against the oldest version docs/deployment.md claims for them.
 K8S_VERSION = "1.31.0"
 K8S_OLDEST = "1.27.0"
 

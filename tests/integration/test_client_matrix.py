@@ -9,7 +9,7 @@ built-in fetch) with an undici ``ProxyAgent`` as ``dispatcher`` or under a globa
 connect timeout, a policy refusal, an IPv6 literal) and each mode of
 ``http.connect_failure``, `EXPECTED` records the outcome: an error reported promptly,
 Baileys closing and its reconnect handler trying again, or a stall. A change in any
-client's behaviour fails the test for its cell, so the README's table stays true.
+client's behaviour fails the test for its cell, so the table in docs/clients.md stays true.
 
 The policy refusal is a destination name the matrix proxies deny (403 ``DENIED``, SOCKS5
 0x02); the IPv6 literal is the proxy's other refusal before any dial (502, SOCKS5 0x08).
@@ -100,7 +100,7 @@ def _row(ok: str, failed: str) -> dict[str, str]:
 
 
 # (client, mode) -> case -> outcome. See tests/node/matrix.mjs for the outcome names.
-# The README's matrix is rendered from this table (test_readme_shows_the_matrix).
+# docs/clients.md's matrix is rendered from this table (test_clients_doc_shows_the_matrix).
 EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     # https-proxy-agent replays the status to ws as the upgrade's response; ws emits
     # 'unexpected-response', which Baileys re-emits and nothing else: no close, no retry.
@@ -156,11 +156,11 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     ("aiohttp", "close"): _row("ok", "error"),
     ("aiohttp", "reset"): _row("ok", "error"),
 }
-README = Path(__file__).resolve().parents[2] / "README.md"
+CLIENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 
 
 def render_matrix() -> str:
-    """The README's table: one row per client, one column per mode, for every failure."""
+    """The table of docs/clients.md: one row per client, one column per mode, for every failure."""
     lines = [
         "| client | " + " | ".join(f"`{mode}`" for mode in MODES) + " |",
         "|---" * (len(MODES) + 1) + "|",
@@ -174,8 +174,8 @@ def render_matrix() -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_readme_shows_the_matrix() -> None:
-    assert render_matrix() in README.read_text(encoding="utf-8"), render_matrix()
+def test_clients_doc_shows_the_matrix() -> None:
+    assert render_matrix() in CLIENTS_DOC.read_text(encoding="utf-8"), render_matrix()
 
 
 @dataclass
@@ -468,7 +468,7 @@ def _connects(proxy: ProxyProcess, target: str) -> int:
 
 @pytest.mark.parametrize("failure", ["no-a-record", "nxdomain", "refused", "policy"])
 def test_close_mode_makes_undici_retry_in_a_loop(matrix: Matrix, failure: str) -> None:
-    """Evidence for the README: with 'close', undici's ProxyAgent never reports the error
+    """Evidence for docs/clients.md: with 'close', undici's ProxyAgent never reports the error
     but opens CONNECT after CONNECT (hundreds in one window here); with 'status' each
     HTTP CONNECT client asks once (Baileys twice when it reconnects)."""
     target = matrix.targets[failure]

@@ -35,7 +35,7 @@ const require = createRequire(import.meta.url);
 const [client, windowText, casesJson] = process.argv.slice(2);
 const WINDOW_MS = Number(windowText);
 const cases = JSON.parse(casesJson ?? "null");
-// Baileys' reconnect handler (the README's recipe) is run this many times per case.
+// Baileys' reconnect handler (the recipe of docs/clients.md) is run this many times per case.
 const ATTEMPTS = 2;
 
 function describe(error) {
@@ -158,7 +158,7 @@ async function baileysCase(makeAgent, name = "baileys") {
           printQRInTerminal: false,
           markOnlineOnConnect: false,
         });
-        // The reconnect handler a gateway runs, as in the README.
+        // The reconnect handler a gateway runs, as in docs/clients.md.
         sock.ev.on("connection.update", ({ connection, lastDisconnect }) => {
           if (connection !== "close") return;
           const error = lastDisconnect?.error;

@@ -159,7 +159,7 @@ def test_escape_round_trips_any_text(text: str) -> None:
 
 @given(st.text())
 def test_python_reads_the_escapes_too(text: str) -> None:
-    """The README's alternative: the escapes are Python's own."""
+    """docs/operations.md's alternative: the escapes are Python's own."""
     assert ast.literal_eval('"' + escape(text) + '"') == text
 
 

@@ -253,12 +253,12 @@ def test_two_parents_with_one_name_are_refused() -> None:
         load(flags={("parents",): ["name=a url=http://h:1", "name=a url=http://h:2"]})
 
 
-def test_the_readme_worked_example_loads() -> None:
+def test_the_docs_worked_example_loads() -> None:
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"```yaml\n(parents:.*?)```", readme, re.DOTALL)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    block = re.search(r"```yaml\n(parents:.*?)```", docs, re.DOTALL)
     assert block is not None
     parents = parents_of(load(block[1]).parents)
     assert [p.label for p in parents] == ["corp", "corp-backup"]
