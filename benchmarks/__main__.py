@@ -1,4 +1,4 @@
-"""``python3 -m benchmarks``: the whole performance suite in one run (see README.md).
+"""``python3 -m benchmarks``: the whole performance suite in one run (see benchmarks/README.md).
 
     python3 -m benchmarks                 full run; writes benchmarks/results/DATE.{json,md}
     python3 -m benchmarks --smoke         a < 30 s run of every measure, tiny sizes

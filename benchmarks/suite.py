@@ -45,7 +45,7 @@ class Settings:
 
 
 # 9,800 idle tunnels are 19,600 proxy descriptors: the most that fit under this machine's
-# limit of 20,000 open files per process (see README.md for why not 20,000 tunnels).
+# limit of 20,000 open files per process (see benchmarks/README.md for why not 20,000 tunnels).
 FULL = Settings(
     seconds=3.0, reps=3, rtt_count=20000, concurrency=64, hold=(5000, 9800), black_hole_tries=3
 )

@@ -296,7 +296,7 @@ def _client_rate(value: int) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class DnsConfig:
-    """The A-only DNS listener (README, "DNS mode"); off while ``listen`` is empty."""
+    """The A-only DNS listener (docs/dns-mode.md); off while ``listen`` is empty."""
 
     # Off by default: a DNS server is only wanted where clients cannot be given a proxy.
     listen: tuple[str, ...] = _setting(
@@ -389,7 +389,7 @@ class LimitsConfig:
     # What every stalled tunnel together may hold: bytes read from one side that the other
     # side's socket has not taken yet. 32 MiB lets 128 tunnels stall with a whole 256 KiB
     # read each before reads shrink to a page; with 10,000 connections the worst case stays
-    # inside the sidecar's 256 Mi limit (README: "Memory bounds").
+    # inside the sidecar's 256 Mi limit (docs/security.md, "Memory bounds").
     relay_memory: int = _setting(
         32 * 1024 * 1024,
         "bytes all tunnels together may hold for peers that read slowly; past it reads shrink",
@@ -548,7 +548,7 @@ def _parents_ok(parents: tuple[ParentConfig, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    # "reset" because it is the one mode every client in the matrix (README, "How a failed
+    # "reset" because it is the one mode every client in the matrix (docs/clients.md, "How a failed
     # CONNECT is signalled") turns into a prompt error: "status" stalls Baileys behind
     # https-proxy-agent (the status is replayed to ws as the upgrade's answer), "close"
     # stalls global-agent and sends undici's ProxyAgent into a reconnect loop.

@@ -4,7 +4,7 @@ Job: given the client's query and the upstream's response (wire bytes, the respo
 already the client's), return the bytes the client gets. Pure: no sockets, no clock;
 dnspython parses and builds the messages.
 
-Rules (README, "DNS mode"):
+Rules (docs/dns-mode.md):
 - An AAAA query that the upstream answered NOERROR gets NOERROR with no AAAA record
   (NODATA): the CNAME chain stays in the answer, the authority section stays as it came
   (the zone's SOA when the upstream gave one, so RFC 2308 negative caching works).

@@ -3,7 +3,7 @@
 // Three paths leave a Baileys process, and each needs its own hook:
 // 1. the WhatsApp WebSocket (`ws`): the socket option `agent`, a SOCKS5 agent with
 //    `socks5h` (the proxy resolves names): a failure then reaches Baileys as an error in
-//    every `http.connect_failure` mode, so it closes and reconnects (README: "How a
+//    every `http.connect_failure` mode, so it closes and reconnects (docs/clients.md: "How a
 //    failed CONNECT is signalled");
 // 2. media uploads: the socket option `fetchAgent` (axios in Baileys 6.x, `https.request`
 //    in Baileys 7 on Node);
