@@ -51,7 +51,6 @@ from ipv4proxy.log import lean_records, lifecycle, setup_logging
 from ipv4proxy.net.dnslisten import (
     DnsListener,
     effective_upstreams,
-    local_addresses_now,
     loop_problem,
 )
 from ipv4proxy.net.resolver import Resolver
@@ -59,7 +58,7 @@ from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.host import parse_authority
 from ipv4proxy.rules import parse_users
-from ipv4proxy.server import Proxy
+from ipv4proxy.server import Proxy, local_addresses_now
 
 __all__ = ["build_policy", "main", "parse"]
 

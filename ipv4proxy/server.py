@@ -93,7 +93,7 @@ _TRIM_DELAY = 1.0
 _CLOSE_SECONDS = 2.0
 
 
-def _local_addresses(path: str = "/proc/net/fib_trie") -> frozenset[str]:
+def local_addresses_now(path: str = "/proc/net/fib_trie") -> frozenset[str]:
     """This host's IPv4 interface addresses (Linux); none when the file cannot be read, and
     the loop guard then knows only 0.0.0.0/8, loopback and the listen addresses."""
     try:
@@ -248,7 +248,7 @@ class Proxy:
                 address = _address((host, port))
                 lifecycle(log, "listening", f"listening on {address}", address=address)
         self._bound = list(bound)
-        self._local = _local_addresses()
+        self._local = local_addresses_now()
         self.policy.listening_on(self._bound, self._local)
         self._sweeper = self.loop.call_later(self.config.limits.idle_timeout / 10, self._sweep)
         self.listening = True

@@ -58,17 +58,15 @@ from ipv4proxy.config import Config, DnsConfig
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import Metrics
-from ipv4proxy.net.resolver import dns_resolver
+from ipv4proxy.net.resolver import dns_resolver, negative_ttl
 from ipv4proxy.protocols import dnsrewrite
 from ipv4proxy.protocols.dnsrewrite import Question
-from ipv4proxy.rules import local_addresses
 
 __all__ = [
     "AnswerCache",
     "DnsListener",
     "TokenBuckets",
     "effective_upstreams",
-    "local_addresses_now",
     "loop_problem",
 ]
 
@@ -194,6 +192,7 @@ class AnswerCache:
         if message is None:  # pragma: no cover - only parsed answers are stored
             return None
         message.id = question.message.id
+        message.question = question.message.question  # its own spelling (0x20 case)
         if message.edns >= 0 and message.options:
             message.use_edns(0, message.ednsflags, message.payload, options=[])
         if elapsed > 0:
@@ -210,11 +209,8 @@ def _cache_ttl(message: dns.message.Message, max_ttl: float, negative_max: float
     rrsets = [*message.answer, *message.authority, *message.additional]
     if rcode == dns.rcode.NOERROR and message.answer:
         return min(*(r.ttl for r in rrsets), max_ttl)
-    for rrset in message.authority:  # negative: the SOA's TTL and minimum (RFC 2308)
-        if rrset.rdtype == dns.rdatatype.SOA:
-            soa = rrset[0]
-            return float(min(rrset.ttl, soa.minimum, negative_max))
-    return None
+    negative = negative_ttl([message])  # the SOA's TTL and minimum (RFC 2308)
+    return None if negative is None else min(negative, negative_max)
 
 
 def effective_upstreams(config: Config) -> tuple[tuple[str, int], ...]:
@@ -231,15 +227,6 @@ def effective_upstreams(config: Config) -> tuple[tuple[str, int], ...]:
         if address and ":" not in str(address):
             found.append((str(address), int(port)))
     return tuple(found)
-
-
-def local_addresses_now(path: str = "/proc/net/fib_trie") -> frozenset[str]:
-    """This host's IPv4 addresses (Linux), for `loop_problem`; none when unreadable."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as file:
-            return local_addresses(file.read())
-    except OSError:
-        return frozenset()
 
 
 def loop_problem(
@@ -277,7 +264,7 @@ class DnsListener:
         self._servers: list[asyncio.Server] = []
         self._transports: list[asyncio.DatagramTransport] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tcp = 0
+        self._tcp_clients: set[_TcpClient] = set()
         self.in_flight = 0
         self.bound: list[tuple[str, int]] = []
         self.config = config
@@ -347,6 +334,8 @@ class DnsListener:
         self._servers = []
         for task in list(self._tasks):
             task.cancel()
+        for client in list(self._tcp_clients):
+            client.abort()
 
     # admission
 
@@ -544,16 +533,16 @@ class _TcpClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self.asked = 0
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TCP_PENDING)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_TCP_PENDING)
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's TCPTransport
-        if self.listener._tcp >= _MAX_TCP:
+        if len(self.listener._tcp_clients) >= _MAX_TCP:
             self.transport.abort()
             return
-        self.listener._tcp += 1
+        self.listener._tcp_clients.add(self)
         peer = self.transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
         self.worker = asyncio.ensure_future(self._work())
@@ -569,9 +558,17 @@ class _TcpClient(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """The listener is closing: drop the connection and its worker now."""
+        if self.transport is not None:
+            self.transport.abort()
+        if self.worker is not None:
+            self.worker.cancel()
+
     def data_received(self, data: bytes) -> None:
+        # The idle timer is reset by whole queries and answers only, never by a trickle of
+        # bytes: a slow client cannot keep one of the _MAX_TCP slots with a byte a second.
         self.buffer += data
-        self._touch()
         while len(self.buffer) >= 2:
             size = struct.unpack("!H", self.buffer[:2])[0]
             if size > _MAX_QUERY:
@@ -586,19 +583,18 @@ class _TcpClient(asyncio.Protocol):
                 self._close()
                 return
             self.queue.put_nowait(message)
+            self._touch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
         if self.worker is not None:
-            self.listener._tcp -= 1
+            self.listener._tcp_clients.discard(self)
             self.worker.cancel()
 
     async def _work(self) -> None:
         while True:
             data = await self.queue.get()
-            if data is None:  # pragma: no cover - never queued
-                return
             query = dnsrewrite.parse_query(data)
             if query is None:
                 self._close()
