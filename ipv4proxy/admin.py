@@ -54,7 +54,11 @@ class Admin:
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/readyz", _readyz)
         app.router.add_get("/metrics", _metrics)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Probes and scrapes ask and go: an idle connection is closed after 10 s, not after
+        # aiohttp's default hour, so idle admin sockets cannot pile up.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=10.0
+        )
 
     async def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound address. Raises OSError."""

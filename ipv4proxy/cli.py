@@ -15,7 +15,8 @@ of the start): new connections get the new settings, open ones keep theirs; an i
 or one that changes the listeners, is refused with a log line and the old settings stay.
 
 Exit codes: 0 after a clean stop, 2 for an invalid configuration, 1 when a listener cannot
-be bound or a stop was forced; doctor: 0 when an IPv4 connection succeeded, 1 when none did.
+be bound or a stop was forced; check-config: 1 when the resolver cannot be set up;
+doctor: 0 when an IPv4 connection succeeded, 1 when none did.
 """
 
 from __future__ import annotations
@@ -379,11 +380,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     unknown = unknown_environment(os.environ)
     if command == "check-config":
-        warnings = unknown + _resolver_warnings(config)
-        for warning in warnings:
+        # An unused variable is only named; a resolver that could not be set up (no
+        # nameserver, an unreadable file) fails the check: the proxy would not resolve.
+        unusable = _resolver_warnings(config)
+        for warning in unknown + unusable:
             print(f"ipv4proxy: warning: {warning}", file=sys.stderr)
         print(to_yaml(config), end="")
-        sys.exit(1 if warnings else 0)
+        sys.exit(1 if unusable else 0)
     setup_logging(config.log.level, config.log.format, access=config.log.access)
     for warning in unknown:
         log.warning("%s", warning)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import typing
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "ResolverConfig",
     "changed_keys",
     "env_name",
+    "env_names",
     "flag_name",
     "iter_keys",
     "load",
@@ -128,7 +130,7 @@ def parse_hostport(text: str, *, default_port: int | None = None, key: str = "")
     host = host.removeprefix("[").removesuffix("]")
     if not host:
         raise ConfigError(f"{where}expected HOST:PORT, the host is missing in {text!r}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{where}expected HOST:PORT with a port of 0-65535, got {text!r}")
     return host, int(port_text)
 
@@ -284,8 +286,9 @@ def _dns_upstream_problem(value: str) -> str | None:
         return f"expected IP[:PORT], got {value!r}"
     if ":" in host:
         return f"{host} is IPv6; this proxy opens IPv4 sockets only"
-    parts = host.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+    try:
+        ipaddress.IPv4Address(host)  # canonical dotted quad only: no 01.1.1.1, no '²'
+    except ValueError:
         return f"expected an IPv4 address, got {value!r}"
     return None
 
@@ -650,7 +653,7 @@ def flag_name(path: Sequence[str]) -> str:
     return "--" + "-".join(path).replace("_", "-")
 
 
-def _env_names(path: Sequence[str]) -> tuple[str, ...]:
+def env_names(path: Sequence[str]) -> tuple[str, ...]:
     """The variables of a key: its derived name, and for ``listeners`` the documented
     ``IPV4PROXY_LISTEN`` (the flag's name) as well, the derived one winning."""
     if tuple(path) == ("listeners",):
@@ -665,7 +668,7 @@ _OTHER_ENV = frozenset({ENV_PREFIX + "CONFIG"})
 def unknown_environment(environ: Mapping[str, str]) -> list[str]:
     """One warning for each ``IPV4PROXY_*`` variable that sets nothing (a typo would
     otherwise be dropped in silence), with the nearest known name when there is one."""
-    known = {name for path, _, _ in iter_keys() for name in _env_names(path)} | _OTHER_ENV
+    known = {name for path, _, _ in iter_keys() for name in env_names(path)} | _OTHER_ENV
     warnings = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in known:
@@ -826,7 +829,7 @@ def load(
             )
         tree = loaded or {}
     for path, _, _ in iter_keys():
-        for name in _env_names(path):
+        for name in env_names(path):
             if environ is not None and name in environ:
                 _set(tree, path, environ[name])
     for path, value in (flags or {}).items():

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ipv4proxy.cli import ALIASES
-from ipv4proxy.config import Config, _env_names, flag_name, iter_keys, to_yaml
+from ipv4proxy.config import Config, env_names, flag_name, iter_keys, to_yaml
 from ipv4proxy.metrics import SERIES
 
 __all__ = ["PAGES", "REGENERATE", "render_configuration", "render_metrics"]
@@ -85,7 +85,7 @@ def render_configuration() -> str:
         row = [
             _code(".".join(path)),
             ", ".join(_code(flag) for flag in flags),
-            ", ".join(_code(name) for name in _env_names(path)),
+            ", ".join(_code(name) for name in env_names(path)),
             _default(tree, path, bool(f.metadata.get("secret"))),
             _cell(f.metadata.get("help", "")),
         ]

@@ -90,6 +90,9 @@ _MAX_QUERY = 4096
 # Queries of one TCP connection read but not answered yet (RFC 7766 pipelining): a client
 # waits for answers long before this; with _MAX_TCP and _MAX_QUERY, 8 MiB at most.
 _TCP_PENDING = 8
+# Answer bytes queued for a TCP client that does not read them: past this the client is
+# not reading, and it is dropped (with _MAX_TCP, 4 MiB held at most, plus one answer each).
+_TCP_UNSENT = 16 * 1024
 # Bytes of cached answers: resolver.cache_size bounds the count, this the size, since one
 # answer over TCP may be 64 KiB. Typical answers are 100-500 bytes: 8 MiB holds 10,000+.
 _CACHE_BYTES = 8 * 1024 * 1024
@@ -555,8 +558,9 @@ class _TcpClient(asyncio.Protocol):
         self.idle = loop.call_later(_TCP_IDLE, self._close)
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:  # unsent answers are dropped, not waited for
+            transport.abort() if transport.get_write_buffer_size() else transport.close()
 
     def abort(self) -> None:
         """The listener is closing: drop the connection and its worker now."""
@@ -612,4 +616,7 @@ class _TcpClient(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return
             transport.write(struct.pack("!H", len(wire)) + wire)
+            if transport.get_write_buffer_size() > _TCP_UNSENT:
+                transport.abort()  # not reading its answers: close() would wait for them
+                return
             self._touch()
