@@ -762,8 +762,9 @@ class Session(asyncio.Protocol):
         self.forward = None
         return outcome
 
-    def forward_refused(self, error: ProxyError) -> None:
+    def forward_refused(self, error: ProxyError) -> bool:
         self.proxy.metrics.refused(error)  # ops
+        return self.proxy.refusal_logged(error.failure.cause)
 
     def forward_keep(self) -> bool:
         return not self.proxy.draining

@@ -68,14 +68,24 @@ class ForwardOwner(Protocol):
     def forward_ended(self, tunnel: Tunnel) -> str:
         """The client connection and its last upstream are closed; returns the outcome."""
 
-    def forward_refused(self, error: ProxyError) -> None:
-        """A request was refused (metrics)."""
+    def forward_refused(self, error: ProxyError) -> bool:
+        """A request was refused (metrics); False when its line is over the log budget."""
 
     def forward_hold(self, delta: int) -> bool:
         """Charge ``delta`` bytes of an unfinished head; False if over the budget."""
 
     def forward_keep(self) -> bool:
         """Whether the client connection may wait for another request (not draining)."""
+
+
+def _drop(transport: asyncio.BaseTransport) -> None:
+    """Close an upstream this connection is done with. Bytes still queued to it are of no
+    use and no longer counted in the relay budget: with any left it is aborted, since a
+    close() would hold them until an origin that does not read takes them."""
+    if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 def _ignore(tunnel: Tunnel) -> None:
@@ -350,7 +360,8 @@ class ForwardTunnel(Tunnel):
         old = self.upstream
         if old.transport is not None:
             self._release(self.client)  # what was queued to the old origin goes with it
-            old.transport.close()
+            _drop(old.transport)
+            self.blocked = False  # that was the old upstream's backlog; the new one has none
         self.framer.drop_upstream()
         head = self.framer.start_request(fresh=True)
         leg = _Leg(request.target, time.monotonic())
@@ -457,7 +468,8 @@ class ForwardTunnel(Tunnel):
         self._close_client()
 
     def _log_refusal(self, error: ProxyError, target: str) -> None:
-        self.owner.forward_refused(error)
+        if not self.owner.forward_refused(error):
+            return  # over log.refusals_per_second: counted, not logged
         event(
             access,
             "tunnel",
@@ -473,7 +485,7 @@ class ForwardTunnel(Tunnel):
         self.framer.drop_upstream()
         transport = self.upstream.transport
         if transport is not None:
-            transport.close()
+            _drop(transport)
 
     def _close_client(self) -> None:
         """Close the client (flushing the answer) and the upstream with it."""
