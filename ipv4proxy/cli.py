@@ -99,7 +99,7 @@ def _metavar(path: tuple[str, ...], kind: Any, f: dataclasses.Field[Any]) -> str
     if choices:
         return "|".join(choices)
     if typing.get_origin(kind) is tuple:
-        return "HOST:PORT" if name == "listeners" else "ITEM[,ITEM...]"
+        return "HOST:PORT" if name in ("listeners", "listen") else "ITEM[,ITEM...]"
     if kind is bool:
         return "true|false"
     if kind is int:
@@ -107,7 +107,7 @@ def _metavar(path: tuple[str, ...], kind: Any, f: dataclasses.Field[Any]) -> str
     if kind is float:
         seconds = ("timeout", "period", "delay", "cooldown", "ttl", "window")
         return "SECONDS" if any(word in name for word in seconds) else "NUMBER"
-    if name in ("listen",) or name.endswith("_listen"):
+    if name == "listen":
         return "HOST:PORT"
     if name.endswith("_file") or name.endswith("_conf"):
         return "PATH"
@@ -122,6 +122,8 @@ def _default(f: dataclasses.Field[Any]) -> str:
         return f" (default: {','.join(map(str, value))})" if value else ""
     if value in ("", None):
         return ""
+    if isinstance(value, bool):  # as YAML and check-config write it
+        value = "true" if value else "false"
     return f" (default: {value})"
 
 

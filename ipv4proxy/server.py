@@ -49,6 +49,7 @@ from ipv4proxy.linebudget import LineBudget
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net import heap
+from ipv4proxy.net.forward import PROTOCOL as FORWARD_PROTOCOL
 from ipv4proxy.net.forward import ForwardTunnel
 from ipv4proxy.net.relay import Buffers, Pump, Tunnel, tune_socket
 from ipv4proxy.net.resolver import Resolver
@@ -72,8 +73,6 @@ __all__ = ["Proxy", "Session"]
 
 log = logging.getLogger("ipv4proxy")
 access = logging.getLogger("ipv4proxy.access")
-
-Request = Connect
 
 
 def _address(peer: object) -> str:
@@ -446,7 +445,7 @@ class Session(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         # While the tunnel is being opened: what `_made` wires, and the route dialled.
-        self.opening: tuple[Handshake, Request, Tunnel] | None = None
+        self.opening: tuple[Handshake, Connect, Tunnel] | None = None
         self.route: Route | None = None
         # Plain-HTTP forwarding: the relay that owns the connection from its first request.
         self.forward: ForwardTunnel | None = None
@@ -618,7 +617,7 @@ class Session(asyncio.Protocol):
 
     # opening the tunnel
 
-    async def _open(self, handshake: Handshake, request: Request) -> None:
+    async def _open(self, handshake: Handshake, request: Connect) -> None:
         destination = request.destination
         target = f"{destination.host}:{destination.port}"
         proxy = self.proxy
@@ -734,7 +733,7 @@ class Session(asyncio.Protocol):
         self.forward.start(self.transport, request)
 
     def forward_check(self, request: OriginRequest) -> None:
-        require(self.policy.credentials(request.credentials, protocol="http-forward"))
+        require(self.policy.credentials(request.credentials, protocol=FORWARD_PROTOCOL))
         require(self.policy.destination(request.destination))
 
     async def forward_connect(self, destination: Destination, pump: Pump) -> Connection:
@@ -749,12 +748,12 @@ class Session(asyncio.Protocol):
         return upstream
 
     def forward_opened(self, tunnel: Tunnel, seconds: float) -> None:
-        self.proxy.tunnel_opened(self, tunnel, "http-forward", seconds)  # ops
+        self.proxy.tunnel_opened(self, tunnel, FORWARD_PROTOCOL, seconds)  # ops
 
     def forward_ended(self, tunnel: Tunnel) -> str:
         proxy = self.proxy
         if tunnel in proxy.tunnels:
-            outcome = proxy.tunnel_closed(tunnel, "http-forward")  # ops
+            outcome = proxy.tunnel_closed(tunnel, FORWARD_PROTOCOL)  # ops
         else:
             outcome = CLOSED_OK
             proxy.session_ended(self)  # ops: it never opened an upstream

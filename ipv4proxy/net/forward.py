@@ -188,7 +188,7 @@ class UpstreamPump(Pump):
 
     def resume_writing(self) -> None:
         if self is self.tunnel.upstream:  # else the client's held bytes are another's
-            self._release(self.peer)
+            self.buffers.release(self.peer)
             self.tunnel.blocked = False
             self.tunnel.want_client()
 
@@ -359,7 +359,7 @@ class ForwardTunnel(Tunnel):
         self.want_client()
         old = self.upstream
         if old.transport is not None:
-            self._release(self.client)  # what was queued to the old origin goes with it
+            self.buffers.release(self.client)  # what was queued to the old origin goes with it
             _drop(old.transport)
             self.blocked = False  # that was the old upstream's backlog; the new one has none
         self.framer.drop_upstream()
@@ -500,7 +500,7 @@ class ForwardTunnel(Tunnel):
                 pump.transport.abort()
 
     def client_lost(self) -> None:
-        self._release(self.upstream)  # what the origin sent that the client never took
+        self.buffers.release(self.upstream)  # what the origin sent that the client never took
         self._park(0)
         if self.head_held:
             self.owner.forward_hold(-self.head_held)
@@ -519,7 +519,7 @@ class ForwardTunnel(Tunnel):
 
     def upstream_lost(self, pump: UpstreamPump) -> None:
         if pump is self.upstream:
-            self._release(self.client)  # what the client sent that the origin never took
+            self.buffers.release(self.client)  # what the client sent that the origin never took
             self.framer.drop_upstream()
             if self.framer.in_flight:
                 error = ProtocolError(
@@ -532,10 +532,6 @@ class ForwardTunnel(Tunnel):
         self.open_sides -= 1
         outcome = self._finish() if self.open_sides == 0 else CLOSED_OK
         self._log_leg(pump.leg, pump.leg.outcome or outcome)
-
-    def _release(self, pump: Pump) -> None:
-        self.buffers.held -= pump.held
-        pump.held = 0
 
     def _finish(self) -> str:
         """Every socket is closed: report the end (once); returns the outcome."""

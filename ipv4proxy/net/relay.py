@@ -74,6 +74,11 @@ class Buffers:
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
 
+    def release(self, pump: Pump) -> None:
+        """Give the budget back the bytes ``pump`` held (sent, or dropped with a socket)."""
+        self.held -= pump.held
+        pump.held = 0
+
     def read_view(self) -> memoryview:
         """Where the next read goes: the whole buffer, or only what the budget allows."""
         free = self.budget - self.held
@@ -201,19 +206,14 @@ class Pump(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         peer = self.peer
-        self._release(peer)
+        self.buffers.release(peer)
         if peer.transport is not None:
             peer.transport.resume_reading()
-
-    def _release(self, pump: Pump) -> None:
-        """Give the budget back the bytes ``pump`` held (sent, or dropped with a socket)."""
-        self.buffers.held -= pump.held
-        pump.held = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         # What the peer read and our transport still held is gone with it. (What we read
         # is in the peer's transport, which is closed below: its connection_lost counts it.)
-        self._release(self.peer)
+        self.buffers.release(self.peer)
         peer = self.peer.transport
         if peer is not None:
             peer.close()
