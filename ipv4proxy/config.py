@@ -93,10 +93,6 @@ def _in_flight(value: int) -> str | None:
     return None if 1 <= value <= 10000 else "expected 1-10000"
 
 
-def _count(value: int) -> str | None:
-    return None if value >= 0 else "expected a number >= 0"
-
-
 def _not_negative(value: float) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 
@@ -167,7 +163,7 @@ class LogConfig:
     refusals_per_second: int = _setting(
         100,
         "refusal lines logged per second for each cause; the rest are counted; 0: no bound",
-        _count,
+        _not_negative,
     )
 
 
@@ -387,7 +383,9 @@ class LimitsConfig:
     # 0 (off): a sidecar's clients all share 127.0.0.1, so a per-address bound would cap
     # the one legitimate client. Set it on a shared egress tier.
     max_connections_per_client: int = _setting(
-        0, "connections open at once from one client address; 0: no bound but the total", _count
+        0,
+        "connections open at once from one client address; 0: no bound but the total",
+        _not_negative,
     )
     # What every stalled tunnel together may hold: bytes read from one side that the other
     # side's socket has not taken yet. 32 MiB lets 128 tunnels stall with a whole 256 KiB
