@@ -22,21 +22,44 @@ __all__ = [
     "ProtocolError",
     "ProxyError",
     "ResolveError",
+    "Socks4Reply",
+    "Socks5Reply",
     "UpstreamError",
     "UpstreamTimeout",
     "failure_for_errno",
 ]
 
-# SOCKS5 reply codes, RFC 1928 section 6.
-S5_GENERAL = 0x01
-S5_NOT_ALLOWED = 0x02
-S5_NET_UNREACHABLE = 0x03
-S5_HOST_UNREACHABLE = 0x04
-S5_REFUSED = 0x05
-S5_COMMAND = 0x07
-S5_ADDRESS_TYPE = 0x08
-# SOCKS4 has one failure code worth sending: 0x5B "request rejected or failed".
-S4_REJECTED = 0x5B
+
+class Socks5Reply(enum.IntEnum):
+    """SOCKS5 reply codes, RFC 1928 section 6."""
+
+    SUCCEEDED = 0x00
+    GENERAL_FAILURE = 0x01
+    NOT_ALLOWED = 0x02
+    NETWORK_UNREACHABLE = 0x03
+    HOST_UNREACHABLE = 0x04
+    CONNECTION_REFUSED = 0x05
+    TTL_EXPIRED = 0x06
+    COMMAND_NOT_SUPPORTED = 0x07
+    ADDRESS_TYPE_NOT_SUPPORTED = 0x08
+
+
+class Socks4Reply(enum.IntEnum):
+    """SOCKS4 reply codes. Of the failures only 0x5B "request rejected or failed" is worth
+    sending: 0x5C and 0x5D are about identd, which this proxy does not ask."""
+
+    GRANTED = 0x5A
+    REJECTED = 0x5B
+
+
+S5_GENERAL = Socks5Reply.GENERAL_FAILURE
+S5_NOT_ALLOWED = Socks5Reply.NOT_ALLOWED
+S5_NET_UNREACHABLE = Socks5Reply.NETWORK_UNREACHABLE
+S5_HOST_UNREACHABLE = Socks5Reply.HOST_UNREACHABLE
+S5_REFUSED = Socks5Reply.CONNECTION_REFUSED
+S5_COMMAND = Socks5Reply.COMMAND_NOT_SUPPORTED
+S5_ADDRESS_TYPE = Socks5Reply.ADDRESS_TYPE_NOT_SUPPORTED
+S4_REJECTED = Socks4Reply.REJECTED
 
 
 class Failure(enum.Enum):
@@ -72,7 +95,9 @@ class Failure(enum.Enum):
     IDLE_TIMEOUT = ("IDLE_TIMEOUT", 408, S5_GENERAL, S4_REJECTED)
     BAD_RESPONSE = ("BAD_RESPONSE", 502, S5_GENERAL, S4_REJECTED)  # forwarded: origin broke HTTP
 
-    def __init__(self, cause: str, http_status: int, socks5: int, socks4: int) -> None:
+    def __init__(
+        self, cause: str, http_status: int, socks5: Socks5Reply, socks4: Socks4Reply
+    ) -> None:
         self.cause = cause
         self.http_status = http_status
         self.socks5 = socks5

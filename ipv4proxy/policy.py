@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from ipv4proxy.config import Config, env_name, flag_name
 from ipv4proxy.errors import Failure, PolicyDenied
-from ipv4proxy.protocols import Destination, HostKind
+from ipv4proxy.protocols import Destination, HostKind, ProtocolKind
 from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports, parse_user_line
 
 __all__ = ["SPECIAL_RANGES", "Decision", "Policy", "require"]
@@ -190,9 +190,14 @@ class Policy:
             ok |= hmac.compare_digest(given, digest)
         return ok
 
-    def credentials(self, credentials: tuple[str, str] | None, *, protocol: str = "") -> Decision:
+    def credentials(
+        self,
+        credentials: tuple[str, str] | None,
+        *,
+        protocol: ProtocolKind = ProtocolKind.HTTP_CONNECT,
+    ) -> Decision:
         """Whether ``credentials`` let a request of ``protocol`` through."""
-        if self._digests and protocol.startswith("socks4"):
+        if self._digests and protocol.socks4:
             reason = (
                 "SOCKS4 cannot carry a password and this proxy requires authentication:"
                 " use SOCKS5 or HTTP with credentials"

@@ -60,12 +60,13 @@ from ipv4proxy.protocols import (
     Connect,
     Forward,
     Handshake,
-    HttpHandshake,
+    Refused,
     Send,
     new_handshake,
 )
 from ipv4proxy.protocols.events import Destination
 from ipv4proxy.protocols.forward import ForwardFramer, OriginRequest
+from ipv4proxy.protocols.http import silenced
 from ipv4proxy.protocols.sniff import foreign
 from ipv4proxy.rules import local_addresses
 
@@ -495,11 +496,7 @@ class Session(asyncio.Protocol):
                 require_auth=self.policy.auth_required,
             )
             self.handshake = handshake
-        try:
-            self._act(handshake, handshake.feed(data))
-        except ProtocolError as exc:
-            self._refuse(exc, handshake.protocol, handshake.target)
-            return
+        self._act(handshake, handshake.feed(data))
         if self.task is None and self.forward is None and not self.transport.is_closing():
             self._hold(len(data), handshake)
 
@@ -544,14 +541,15 @@ class Session(asyncio.Protocol):
             item = pending.pop(0)
             if isinstance(item, Send):
                 self.transport.write(item.data)
+            elif isinstance(item, Refused):
+                self._refuse(item.error, handshake.protocol, handshake.target)
+                return
             elif isinstance(item, Authenticate):
                 decision = self.policy.credentials((item.username, item.password))
-                self.transport.write(handshake.auth_result(decision.allowed))  # type: ignore[union-attr]
                 if not decision.allowed:
-                    self.handshake = None  # the RFC 1929 failure reply is the whole answer
                     self._refuse(decision.error(), handshake.protocol)
                     return
-                pending.extend(handshake.feed(b""))
+                pending.extend(handshake.authenticated())
             elif isinstance(item, Connect | Forward):
                 self._unhold()  # the handshake has handed its bytes over
                 if self.timer is not None:
@@ -593,13 +591,13 @@ class Session(asyncio.Protocol):
         if self.transport.is_closing():
             return
         handshake = self.handshake
-        if isinstance(handshake, HttpHandshake):
+        if handshake is not None:
             mode = self.proxy.config.http.connect_failure
-            if handshake.closes_silently(error, mode) and mode == "reset":
-                _reset(self.transport)
-            self.transport.write(handshake.error_reply(error, connect_failure=mode))
-        elif handshake is not None:
-            self.transport.write(handshake.error_reply(error))
+            if silenced(handshake.protocol, error, mode):
+                if mode == "reset":
+                    _reset(self.transport)
+            else:
+                self.transport.write(handshake.error_reply(error))
         self.transport.close()
         self.proxy.metrics.refused(error)  # ops
         if not self.proxy.refusal_logged(error.failure.cause):

@@ -38,7 +38,7 @@ from ipv4proxy.log import event
 from ipv4proxy.metrics import CLOSED_OK
 from ipv4proxy.net.relay import Buffers, Pump, Tunnel, tune_socket
 from ipv4proxy.net.upstream import DIRECT, Connection
-from ipv4proxy.protocols.events import Destination, Forward
+from ipv4proxy.protocols.events import Destination, Forward, ProtocolKind
 from ipv4proxy.protocols.forward import ForwardFramer, OriginRequest, ResponseEnd, Wait
 from ipv4proxy.protocols.http import error_response
 
@@ -47,7 +47,7 @@ __all__ = ["PROTOCOL", "ForwardOwner", "ForwardTunnel"]
 log = logging.getLogger("ipv4proxy")
 access = logging.getLogger("ipv4proxy.access")
 
-PROTOCOL = "http-forward"
+PROTOCOL = ProtocolKind.HTTP_FORWARD
 
 
 class ForwardOwner(Protocol):

@@ -27,7 +27,7 @@ import python_socks
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from ipv4proxy.config import ParentConfig
-from ipv4proxy.errors import Failure, UpstreamError, failure_for_errno
+from ipv4proxy.errors import Failure, Socks5Reply, UpstreamError, failure_for_errno
 from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports
 
 __all__ = ["Parent", "ParentUnreachable", "matching", "parents_of"]
@@ -41,12 +41,12 @@ _SCHEMES = {
 }
 
 # RFC 1928 section 6 reply codes, as the same failures a direct connect would give.
-_SOCKS5_REPLIES = {
-    0x02: Failure.DENIED,
-    0x03: Failure.NET_UNREACHABLE,
-    0x04: Failure.HOST_UNREACHABLE,
-    0x05: Failure.REFUSED,
-    0x06: Failure.TIMEOUT,
+_SOCKS5_REPLIES: dict[int, Failure] = {
+    Socks5Reply.NOT_ALLOWED: Failure.DENIED,
+    Socks5Reply.NETWORK_UNREACHABLE: Failure.NET_UNREACHABLE,
+    Socks5Reply.HOST_UNREACHABLE: Failure.HOST_UNREACHABLE,
+    Socks5Reply.CONNECTION_REFUSED: Failure.REFUSED,
+    Socks5Reply.TTL_EXPIRED: Failure.TIMEOUT,
 }
 # HTTP parents answer CONNECT with a status; these two say something precise.
 _HTTP_REPLIES = {403: Failure.DENIED, 504: Failure.TIMEOUT}

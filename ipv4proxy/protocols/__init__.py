@@ -6,8 +6,8 @@ which first bytes start none of them (``sniff``); and the framing of forwarded p
 requests and responses, request by request (``forward``, on h11).
 
 Rules: no I/O here. No module in this package imports asyncio or socket (a test holds
-this); the session in the server feeds bytes to a handshake and acts on its events. A
-handshake raises nothing but ProtocolError for any input bytes.
+this); the session (``session``) feeds bytes to a handshake (``handshake``) and acts on
+its events. A handshake raises nothing for any input bytes: a refusal is an event.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from ipv4proxy.protocols.events import (
     Event,
     Forward,
     HostKind,
+    ProtocolKind,
+    Refused,
     Send,
 )
+from ipv4proxy.protocols.handshake import Handshake, new_handshake
 from ipv4proxy.protocols.host import parse_authority, parse_host
-from ipv4proxy.protocols.http import MAX_HEAD, HttpHandshake
+from ipv4proxy.protocols.http import HttpHandshake
 from ipv4proxy.protocols.socks import Socks4Handshake, Socks5Handshake
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "Handshake",
     "HostKind",
     "HttpHandshake",
+    "ProtocolKind",
+    "Refused",
     "Send",
     "Socks4Handshake",
     "Socks5Handshake",
@@ -41,21 +46,3 @@ __all__ = [
     "parse_authority",
     "parse_host",
 ]
-
-Handshake = HttpHandshake | Socks5Handshake | Socks4Handshake
-
-
-def new_handshake(
-    first_byte: int, *, max_head: int = MAX_HEAD, require_auth: bool = False
-) -> Handshake:
-    """The handshake for a connection whose first byte is ``first_byte``.
-
-    0x05 is SOCKS5, 0x04 is SOCKS4/4a, anything else is taken for HTTP (a bad method is
-    then refused by the HTTP parser with a 400). ``require_auth`` applies to SOCKS5 method
-    selection; HTTP and SOCKS4 report credentials in their events and the session decides.
-    """
-    if first_byte == 0x05:
-        return Socks5Handshake(require_auth=require_auth)
-    if first_byte == 0x04:
-        return Socks4Handshake()
-    return HttpHandshake(max_head=max_head)

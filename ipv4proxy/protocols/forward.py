@@ -43,7 +43,7 @@ from typing import cast
 import h11
 
 from ipv4proxy.errors import Failure, ProtocolError
-from ipv4proxy.protocols.events import Destination, Forward
+from ipv4proxy.protocols.events import Destination, Forward, Refused
 from ipv4proxy.protocols.http import MAX_HEAD, MAX_HEADERS, HttpHandshake
 
 __all__ = ["ForwardFramer", "OriginRequest", "ResponseEnd", "Wait"]
@@ -244,6 +244,8 @@ class ForwardFramer:
         if not events:
             return Wait.CLOSED if self._client_eof else Wait.NEED_DATA
         [event] = events
+        if isinstance(event, Refused):
+            raise event.error
         if not isinstance(event, Forward):  # a CONNECT: the only other event a head gives
             raise ProtocolError(
                 "CONNECT on a connection that forwards http:// requests: open a new connection",

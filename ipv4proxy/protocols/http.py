@@ -3,9 +3,9 @@
 Job: buffer one request head, check it, and return one `Connect` (CONNECT authority-form)
 or `Forward` (absolute-form ``http://`` request, with the head rewritten for the origin
 server). Also build the replies: the CONNECT 200 and the error responses (or, for a
-failed CONNECT destination with ``connect_failure`` "close" or "reset", no reply at all).
+failed CONNECT destination the session may send none: ``DESTINATION_FAILURES``).
 
-Rules (RFC 9112 / RFC 9110), each refusal a ProtocolError and nothing else:
+Rules (RFC 9112 / RFC 9110), each refusal a `Refused` event carrying a ProtocolError:
 - The head ends at the first CRLF CRLF. Longer than ``max_head`` bytes -> HEAD_TOO_LARGE;
   more than ``max_headers`` header lines -> HEAD_TOO_LARGE.
 - Request line ``METHOD SP target SP HTTP/1.0|HTTP/1.1``; every line ends in CRLF: a bare
@@ -38,10 +38,24 @@ import re
 from http import HTTPStatus
 
 from ipv4proxy.errors import Failure, ProtocolError, ProxyError
-from ipv4proxy.protocols.events import Connect, Destination, Event, Forward
+from ipv4proxy.protocols.events import (
+    Connect,
+    Destination,
+    Event,
+    Forward,
+    ProtocolKind,
+    Refused,
+)
 from ipv4proxy.protocols.host import parse_authority
 
-__all__ = ["DESTINATION_FAILURES", "MAX_HEAD", "MAX_HEADERS", "HttpHandshake", "error_response"]
+__all__ = [
+    "DESTINATION_FAILURES",
+    "MAX_HEAD",
+    "MAX_HEADERS",
+    "HttpHandshake",
+    "error_response",
+    "silenced",
+]
 
 # 32 KiB holds the largest real proxy request heads (long cookies go to the origin in
 # the same head) and matches nginx's default large_client_header_buffers (4 x 8k).
@@ -58,8 +72,9 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 # Failures of a well-formed CONNECT whose destination cannot or may not be reached: the
-# ones ``connect_failure`` "close" and "reset" signal by closing. The others keep their status: the
-# client sent something wrong (400, 431, 408, 501), or must answer a challenge (407).
+# ones ``http.connect_failure`` "close" and "reset" signal by closing (`silenced`). The
+# others keep their status: the client sent something wrong (400, 431, 408, 501), or must
+# answer a challenge (407).
 DESTINATION_FAILURES = frozenset(
     {
         Failure.IPV6_LITERAL,
@@ -74,6 +89,21 @@ DESTINATION_FAILURES = frozenset(
         Failure.TIMEOUT,
     }
 )
+
+
+def silenced(protocol: ProtocolKind, error: ProxyError, connect_failure: str) -> bool:
+    """True when ``error`` gets no answer but a closed connection in this mode.
+
+    That is a CONNECT whose destination failed or was refused (`DESTINATION_FAILURES`)
+    when ``connect_failure`` is "close" (FIN) or "reset" (RST): proxy agents that would
+    replay a status to their caller (https-proxy-agent) then raise an error instead.
+    """
+    return (
+        connect_failure != "status"
+        and protocol is ProtocolKind.HTTP_CONNECT
+        and error.failure in DESTINATION_FAILURES
+    )
+
 
 Header = tuple[bytes, bytes, bytes]  # (lower-cased name, name as sent, stripped value)
 
@@ -101,7 +131,7 @@ class HttpHandshake:
     def __init__(self, *, max_head: int = MAX_HEAD, max_headers: int = MAX_HEADERS) -> None:
         # What the request asked for, as far as it was read: named in the log line even
         # when the request is refused.
-        self.protocol = "http"
+        self.protocol = ProtocolKind.HTTP
         self.target = "-"
         self._buf = bytearray()
         self._max_head = max_head
@@ -115,18 +145,23 @@ class HttpHandshake:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Event]:
-        """Take client bytes; return [] until the head is whole, then [Connect | Forward].
+        """Take client bytes; return [] until the head is whole, then [Connect | Forward],
+        or [Refused] for a bad request.
 
-        Raises ProtocolError for a bad request, RuntimeError if fed after it returned an
-        event or raised (the session must stop feeding then).
+        Raises RuntimeError if fed after it returned an event (the session must stop
+        feeding then).
         """
         if self._state is not _State.READING:
             raise RuntimeError("HttpHandshake.feed() called after the handshake ended")
         try:
             return self._feed(data)
-        except ProtocolError:
+        except ProtocolError as error:
             self._state = _State.FAILED
-            raise
+            return [Refused(error)]
+
+    def authenticated(self) -> list[Event]:
+        """Never asked: HTTP credentials come in the request's event."""
+        raise RuntimeError("HttpHandshake never asks for authentication")
 
     def _feed(self, data: bytes) -> list[Event]:
         buf = self._buf
@@ -160,42 +195,27 @@ class HttpHandshake:
         method, target_bytes, minor = match.groups()
         target = target_bytes.decode("ascii")  # the regex allowed only visible ASCII
         if method == b"CONNECT":
-            self.protocol, self.target = "http-connect", target
+            self.protocol, self.target = ProtocolKind.HTTP_CONNECT, target
         else:
-            self.protocol = "http-forward"
+            self.protocol = ProtocolKind.HTTP_FORWARD
         headers = [_parse_header(line) for line in lines[1:]]
         _check_framing(headers, http10=minor == b"0")
         credentials = _credentials(headers)
         if method == b"CONNECT":
-            return Connect("http-connect", parse_authority(target), early_data, credentials)
+            destination = parse_authority(target)
+            return Connect(ProtocolKind.HTTP_CONNECT, destination, early_data, credentials)
         authority, path = _absolute_target(target)
         self.target = authority if authority.rpartition(":")[2].isdigit() else authority + ":80"
         destination = parse_authority(authority, default_port=80)
         head = _checked_head(method, path, minor, destination, headers)
-        return Forward("http-forward", destination, head, early_data, credentials)
+        return Forward(ProtocolKind.HTTP_FORWARD, destination, head, early_data, credentials)
 
     def success_reply(self, address: str, port: int) -> bytes:
         """The reply once the tunnel is open: 200 for CONNECT, nothing for forwarding."""
         return _CONNECT_OK if self._state is _State.CONNECT else b""
 
-    def closes_silently(self, error: ProxyError, connect_failure: str) -> bool:
-        """True when ``error`` gets no answer but a closed connection in this mode.
-
-        That is a CONNECT whose destination failed or was refused (`DESTINATION_FAILURES`)
-        when ``connect_failure`` is "close" (FIN) or "reset" (RST): proxy agents that would
-        replay a status to their caller (https-proxy-agent) then raise an error instead.
-        """
-        return (
-            connect_failure != "status"
-            and self.protocol == "http-connect"
-            and error.failure in DESTINATION_FAILURES
-        )
-
-    def error_reply(self, error: ProxyError, *, connect_failure: str = "status") -> bytes:
-        """A complete ``Connection: close`` response for ``error``, reason in the body;
-        nothing at all when `closes_silently` says so."""
-        if self.closes_silently(error, connect_failure):
-            return b""
+    def error_reply(self, error: ProxyError) -> bytes:
+        """A complete ``Connection: close`` response for ``error``, reason in the body."""
         return error_response(error)
 
 

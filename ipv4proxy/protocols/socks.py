@@ -6,10 +6,11 @@ phase that returns early until enough bytes have arrived; one recv is never assu
 one message, and bytes past a message stay buffered for the next phase.
 
 Rules:
-- Every refusal is a ProtocolError whose failure picks the reply; `error_reply` answers
-  in the format of the phase the handshake was in (RFC 1928 section 3 and 6, RFC 1929
-  section 2). Nothing else escapes `feed` for any input; calling `feed` after a Connect
-  or an error, or `auth_result` out of turn, is a bug in the caller: RuntimeError.
+- Every refusal is a `Refused` event, the last one, carrying a ProtocolError whose
+  failure picks the reply; `error_reply` answers in the format of the phase the handshake
+  was in (RFC 1928 section 3 and 6, RFC 1929 section 2). Nothing escapes `feed` for any
+  input; calling `feed` after a Connect or a refusal, or `authenticated` out of turn, is
+  a bug in the caller: RuntimeError.
 - Only CONNECT; BIND and UDP ASSOCIATE are UNSUPPORTED. IPv6 addresses are refused
   (IPV6_LITERAL, reply 0x08): this proxy connects over IPv4 only. Domain names go through
   `parse_host`, so a "domain" that is an IPv4 or IPv6 literal is classified as such.
@@ -19,8 +20,9 @@ Rules:
   Domain names are decoded as latin-1, so non-ASCII ones are refused as MALFORMED.
 
 SOCKS5 with user/password: `feed` stops at the `Authenticate` event and keeps any later
-bytes. The session checks the credentials, sends ``auth_result(ok)`` to the client, and
-if ok calls ``feed(b"")`` to parse what was buffered (it returns [] if nothing was).
+bytes. The session checks the credentials: good ones are answered with
+``authenticated()`` (the RFC 1929 success status, then the events of what was buffered),
+bad ones with ``error_reply`` (status 0x01).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import enum
 import functools
 import ipaddress
 
-from ipv4proxy.errors import Failure, ProtocolError, ProxyError
-from ipv4proxy.protocols.events import Authenticate, Connect, Event, Send
+from ipv4proxy.errors import Failure, ProtocolError, ProxyError, Socks4Reply, Socks5Reply
+from ipv4proxy.protocols.events import Authenticate, Connect, Event, ProtocolKind, Refused, Send
 from ipv4proxy.protocols.host import parse_host
 
 __all__ = ["Socks4Handshake", "Socks5Handshake"]
@@ -40,6 +42,9 @@ USER_PASS = 0x02
 NO_ACCEPTABLE = b"\x05\xff"
 _AUTH_OK = b"\x01\x00"
 _AUTH_FAILED = b"\x01\x01"
+# The fixed first bytes of the success replies: SOCKS5 VER REP RSV ATYP(IPv4), SOCKS4 VN CD.
+_S5_SUCCEEDED = bytes((5, Socks5Reply.SUCCEEDED, 0, 1))
+_S4_GRANTED = bytes((0, Socks4Reply.GRANTED))
 # RFC 1928 section 4 command names, for the reasons of refused commands.
 _COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP ASSOCIATE"}
 # SOCKS4 gives USERID and HOST no bound; 255 is SOCKS5's own limit for both.
@@ -89,38 +94,35 @@ class Socks5Handshake:
         "_failed",
         "_phase",
         "_require_auth",
-        "_unsent",
         "protocol",
         "target",
     )
 
     def __init__(self, *, require_auth: bool = False) -> None:
-        self.protocol = "socks5"
+        self.protocol = ProtocolKind.SOCKS5
         self.target = "-"  # host:port once the request's address was read, even if refused
         self._require_auth = require_auth
         self._buf = bytearray()
         self._phase = _Phase.GREETING
         self._failed = False
         self._credentials: tuple[str, str] | None = None
-        self._unsent = b""  # Send bytes lost to an error raised in the same feed()
 
     def feed(self, data: bytes) -> list[Event]:
-        """Take client bytes and return the events they complete, in order.
-
-        Raises ProtocolError for a bad or refused request.
-        """
+        """Take client bytes and return the events they complete, in order; a bad or
+        refused request ends them with `Refused`."""
         if self._failed or self._phase is _Phase.DONE:
             raise RuntimeError("Socks5Handshake.feed() called after the handshake ended")
         self._buf += data
-        events: list[Event] = []
+        return self._run([])
+
+    def _run(self, events: list[Event]) -> list[Event]:
         try:
             while (event := self._step()) is not None:
                 events.append(event)
-        except ProtocolError:
+        except ProtocolError as error:
             self._failed = True
-            # The client must still see the method choice before the error reply.
-            self._unsent = b"".join(e.data for e in events if isinstance(e, Send))
-            raise
+            # The method choice made in this feed still goes out, before the error reply.
+            events.append(Refused(error))
         return events
 
     def _step(self) -> Event | None:
@@ -175,16 +177,13 @@ class Socks5Handshake:
         self._phase = _Phase.AUTH_WAIT
         return Authenticate(username, password)
 
-    def auth_result(self, ok: bool) -> bytes:
-        """The RFC 1929 status reply to send; if ok, call ``feed(b"")`` next."""
+    def authenticated(self) -> list[Event]:
+        """The credentials were good: the RFC 1929 success status, then the events of the
+        bytes buffered after them. (Bad ones are answered with ``error_reply``.)"""
         if self._phase is not _Phase.AUTH_WAIT or self._failed:
-            raise RuntimeError("auth_result() called without a pending Authenticate")
-        if not ok:
-            self._failed = True
-            self._credentials = None
-            return _AUTH_FAILED
+            raise RuntimeError("authenticated() called without a pending Authenticate")
         self._phase = _Phase.REQUEST
-        return _AUTH_OK
+        return self._run([Send(_AUTH_OK)])
 
     def _request(self) -> Event | None:
         buf = self._buf
@@ -226,20 +225,19 @@ class Socks5Handshake:
         early_data = bytes(buf[end:])
         buf.clear()
         self._phase = _Phase.DONE
-        return Connect("socks5", destination, early_data, self._credentials)
+        return Connect(ProtocolKind.SOCKS5, destination, early_data, self._credentials)
 
     def success_reply(self, address: str, port: int) -> bytes:
         """``05 00 00 01 <ipv4> <port>``: the tunnel is open, bound to address:port."""
-        return b"\x05\x00\x00\x01" + _pack_ipv4(address) + _pack_port(port)
+        return _S5_SUCCEEDED + _pack_ipv4(address) + _pack_port(port)
 
     def error_reply(self, error: ProxyError) -> bytes:
         """The refusal in the format of the current phase (RFC 1928 / RFC 1929)."""
         if self._phase is _Phase.GREETING:
             return NO_ACCEPTABLE
         if self._phase in (_Phase.AUTH, _Phase.AUTH_WAIT):
-            return self._unsent + _AUTH_FAILED
-        code = error.failure.socks5
-        return self._unsent + bytes((5, code, 0, 1, 0, 0, 0, 0, 0, 0))
+            return _AUTH_FAILED
+        return bytes((5, error.failure.socks5, 0, 1, 0, 0, 0, 0, 0, 0))
 
 
 class Socks4Handshake:
@@ -248,28 +246,30 @@ class Socks4Handshake:
     __slots__ = ("_buf", "_done", "protocol", "target")
 
     def __init__(self) -> None:
-        self.protocol = "socks4"
+        self.protocol = ProtocolKind.SOCKS4
         self.target = "-"  # host:port once the request was read, even if refused
         self._buf = bytearray()
         self._done = False
 
     def feed(self, data: bytes) -> list[Event]:
-        """Take client bytes; return [] until the request is whole, then [Connect].
-
-        Raises ProtocolError for a bad or refused request.
-        """
+        """Take client bytes; return [] until the request is whole, then [Connect], or
+        [Refused] for a bad or refused request."""
         if self._done:
             raise RuntimeError("Socks4Handshake.feed() called after the handshake ended")
         self._buf += data
         try:
             event = self._request()
-        except ProtocolError:
+        except ProtocolError as error:
             self._done = True
-            raise
+            return [Refused(error)]
         if event is None:
             return []
         self._done = True
         return [event]
+
+    def authenticated(self) -> list[Event]:
+        """Never asked: a SOCKS4 user id comes in the request's event."""
+        raise RuntimeError("Socks4Handshake never asks for authentication")
 
     def _request(self) -> Event | None:
         buf = self._buf
@@ -291,7 +291,7 @@ class Socks4Handshake:
             end = host_end + 1
         else:
             host = ".".join(map(str, buf[4:8]))
-        self.protocol = "socks4a" if socks4a else "socks4"
+        self.protocol = ProtocolKind.SOCKS4A if socks4a else ProtocolKind.SOCKS4
         self.target = f"{host}:{port}"
         if buf[1] != 1:
             raise _unsupported(buf[1])
@@ -304,7 +304,7 @@ class Socks4Handshake:
 
     def success_reply(self, address: str, port: int) -> bytes:
         """``00 5A <port> <ipv4>``: request granted."""
-        return b"\x00\x5a" + _pack_port(port) + _pack_ipv4(address)
+        return _S4_GRANTED + _pack_port(port) + _pack_ipv4(address)
 
     def error_reply(self, error: ProxyError) -> bytes:
         """``00 <code> 0000 00000000``: request rejected or failed."""

@@ -9,7 +9,8 @@ import pytest
 from ipv4proxy.cli import parse
 from ipv4proxy.config import load
 from ipv4proxy.errors import ConfigError, Failure, ProtocolError, UpstreamError
-from ipv4proxy.protocols.http import DESTINATION_FAILURES, HttpHandshake, error_response
+from ipv4proxy.protocols import ProtocolKind, Refused
+from ipv4proxy.protocols.http import DESTINATION_FAILURES, HttpHandshake, error_response, silenced
 
 SILENT_MODES = ("close", "reset")
 # The failures that keep their status in every mode, and why.
@@ -72,10 +73,8 @@ def _connect(handshake: HttpHandshake, authority: str = "example.com:443") -> Ht
 def test_silent_modes_send_nothing_for_a_failed_connect(failure: Failure, mode: str) -> None:
     handshake = _connect(HttpHandshake())
     error = UpstreamError("reason", failure=failure)
-    assert handshake.closes_silently(error, mode)
-    assert handshake.error_reply(error, connect_failure=mode) == b""
-    assert not handshake.closes_silently(error, "status")
-    assert handshake.error_reply(error, connect_failure="status") == error_response(error)
+    assert silenced(handshake.protocol, error, mode)
+    assert not silenced(handshake.protocol, error, "status")
     assert handshake.error_reply(error) == error_response(error)
 
 
@@ -84,18 +83,18 @@ def test_silent_modes_send_nothing_for_a_failed_connect(failure: Failure, mode: 
 def test_silent_modes_keep_the_status_for_client_errors(failure: Failure, mode: str) -> None:
     handshake = _connect(HttpHandshake())
     error = ProtocolError("reason", failure=failure)
-    assert not handshake.closes_silently(error, mode)
-    assert handshake.error_reply(error, connect_failure=mode) == error_response(error)
+    assert not silenced(handshake.protocol, error, mode)
+    assert handshake.error_reply(error) == error_response(error)
 
 
 @pytest.mark.parametrize("mode", SILENT_MODES)
 def test_silent_modes_cover_a_refused_ipv6_connect(mode: str) -> None:
     """The IPv6 literal is refused while parsing; the reply still knows it was a CONNECT."""
     handshake = HttpHandshake()
-    with pytest.raises(ProtocolError) as info:
-        handshake.feed(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n")
-    assert info.value.failure is Failure.IPV6_LITERAL
-    assert handshake.error_reply(info.value, connect_failure=mode) == b""
+    [refused] = handshake.feed(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n")
+    assert isinstance(refused, Refused)
+    assert refused.error.failure is Failure.IPV6_LITERAL
+    assert silenced(handshake.protocol, refused.error, mode)
 
 
 @pytest.mark.parametrize("mode", SILENT_MODES)
@@ -104,5 +103,6 @@ def test_forwarding_keeps_its_status_in_silent_modes(failure: Failure, mode: str
     """A forwarded request's error status is its response: every client handles that."""
     handshake = HttpHandshake()
     handshake.feed(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert handshake.protocol is ProtocolKind.HTTP_FORWARD
     error = UpstreamError("reason", failure=failure)
-    assert handshake.error_reply(error, connect_failure=mode) == error_response(error)
+    assert not silenced(handshake.protocol, error, mode)

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipv4proxy.errors import ProtocolError
 from ipv4proxy.log import (
     TextFormatter,
     escape,
@@ -27,6 +26,7 @@ from ipv4proxy.log import (
     parse_fields,
     unescape,
 )
+from ipv4proxy.protocols.events import Refused
 from ipv4proxy.protocols.http import HttpHandshake
 from ipv4proxy.protocols.socks import Socks4Handshake, Socks5Handshake
 
@@ -206,9 +206,9 @@ Handshake = Socks5Handshake | Socks4Handshake | HttpHandshake
 
 def _log_refusal(logger: logging.Logger, handshake: Handshake, data: bytes) -> None:
     """What the server does: feed the client's bytes, and log the refusal as its access line."""
-    try:
-        handshake.feed(data)
-    except ProtocolError as error:
+    events = handshake.feed(data)
+    if events and isinstance(events[-1], Refused):
+        error = events[-1].error
         outcome, reason = error.failure.cause, str(error)
         event(logger, "tunnel", target=handshake.target, outcome=outcome, reason=reason)
     else:

@@ -13,7 +13,7 @@ from ipv4proxy.cli import build_policy, parse
 from ipv4proxy.config import load
 from ipv4proxy.errors import ConfigError, Failure, PolicyDenied
 from ipv4proxy.policy import SPECIAL_RANGES, Policy, require
-from ipv4proxy.protocols import Destination, HostKind
+from ipv4proxy.protocols import Destination, HostKind, ProtocolKind
 from ipv4proxy.rules import domain_matches, local_addresses, parse_ports, parse_users
 
 NAME, IPV4 = HostKind.NAME, HostKind.IPV4
@@ -245,10 +245,12 @@ def test_credentials() -> None:
 def test_socks4_is_refused_when_auth_is_required() -> None:
     """SOCKS4 has a user id but no password: with auth on it is refused, saying why."""
     p = policy("", [("bob", "")])
-    refused = p.credentials(("bob", ""), protocol="socks4a")
+    refused = p.credentials(("bob", ""), protocol=ProtocolKind.SOCKS4A)
     assert (refused.allowed, refused.failure) == (False, Failure.AUTH_REQUIRED)
     assert "SOCKS4 cannot carry a password" in refused.reason
-    assert policy().credentials(None, protocol="socks4").allowed  # auth off: SOCKS4 is fine
+    assert (
+        policy().credentials(None, protocol=ProtocolKind.SOCKS4).allowed
+    )  # auth off: SOCKS4 is fine
 
 
 @given(st.text(max_size=20), st.text(max_size=20))

@@ -22,6 +22,7 @@ from ipv4proxy.protocols import (
     Forward,
     Handshake,
     HttpHandshake,
+    Refused,
     Send,
     Socks4Handshake,
     Socks5Handshake,
@@ -51,7 +52,7 @@ def test_no_io_imports(path: Path) -> None:
 
 def test_the_check_sees_every_module() -> None:
     names = {p.name for p in PACKAGE.glob("*.py")}
-    assert {"__init__.py", "events.py", "host.py", "http.py", "socks.py"} <= names
+    assert {"__init__.py", "events.py", "handshake.py", "host.py", "http.py", "socks.py"} <= names
 
 
 @pytest.mark.parametrize(
@@ -71,9 +72,9 @@ def test_new_handshake_options() -> None:
     socks5 = new_handshake(5, require_auth=True)
     assert socks5.feed(b"\x05\x02\x00\x02") == [Send(b"\x05\x02")]
     http = new_handshake(ord("G"), max_head=10)
-    with pytest.raises(ProtocolError) as info:
-        http.feed(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
-    assert info.value.failure is Failure.HEAD_TOO_LARGE
+    [refused] = http.feed(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+    assert isinstance(refused, Refused)
+    assert refused.error.failure is Failure.HEAD_TOO_LARGE
 
 
 # --- a client, fed in chunks -----------------------------------------------------------
@@ -95,21 +96,18 @@ def run(data: bytes, cuts: list[int]) -> Outcome:
     chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     out = Outcome(b"", [], None)
     for index, chunk in enumerate(chunks):
-        try:
-            events = handshake.feed(chunk)
-            while events and isinstance(events[-1], Authenticate):
-                out.events.append(events.pop())
-                out.client_bytes += b"".join(e.data for e in events if isinstance(e, Send))
-                assert isinstance(handshake, Socks5Handshake)
-                out.client_bytes += handshake.auth_result(True)
-                events = handshake.feed(b"")
-        except ProtocolError as error:
-            out.client_bytes += handshake.error_reply(error)
-            out.failure = error.failure
-            return out
+        events = handshake.feed(chunk)
+        while events and isinstance(events[-1], Authenticate):
+            out.events.append(events.pop())
+            out.client_bytes += b"".join(e.data for e in events if isinstance(e, Send))
+            events = handshake.authenticated()
         for event in events:
             if isinstance(event, Send):
                 out.client_bytes += event.data
+            elif isinstance(event, Refused):
+                out.client_bytes += handshake.error_reply(event.error)
+                out.failure = event.error.failure
+                return out
             elif isinstance(event, Connect | Forward):
                 rest = b"".join(chunks[index + 1 :])
                 out.events.append(dataclasses.replace(event, early_data=event.early_data + rest))
@@ -162,20 +160,23 @@ def test_chunking_does_not_change_the_outcome(data: bytes, cuts: list[int]) -> N
 
 @settings(max_examples=500)
 @given(st.binary(max_size=700), st.booleans())
-def test_any_bytes_give_events_or_protocol_error(data: bytes, require_auth: bool) -> None:
-    for handshake in (
+def test_any_bytes_give_events_or_a_final_refusal(data: bytes, require_auth: bool) -> None:
+    handshakes: tuple[Handshake, ...] = (
         HttpHandshake(max_head=256),
         Socks5Handshake(require_auth=require_auth),
         Socks4Handshake(),
-    ):
-        refusal: ProtocolError | None = None
-        try:
-            handshake.feed(data)
-        except ProtocolError as error:
-            refusal = error
-        if refusal is not None:
-            assert isinstance(handshake.error_reply(refusal), bytes)
-            assert "\n" not in str(refusal)
+    )
+    for handshake in handshakes:
+        events = handshake.feed(data)
+        refusals = [event for event in events if isinstance(event, Refused)]
+        assert refusals in ([], events[-1:])
+        if refusals:
+            error = refusals[0].error
+            assert isinstance(error, ProtocolError)
+            assert isinstance(handshake.error_reply(error), bytes)
+            assert "\n" not in str(error)
+            with pytest.raises(RuntimeError):
+                handshake.feed(b"")
 
 
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -10,7 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipv4proxy.errors import DialError, Failure, PolicyDenied, ProtocolError, ProxyError
-from ipv4proxy.protocols.events import Authenticate, Connect, Destination, HostKind, Send
+from ipv4proxy.protocols.events import (
+    Authenticate,
+    Connect,
+    Destination,
+    Event,
+    HostKind,
+    ProtocolKind,
+    Refused,
+    Send,
+)
+from ipv4proxy.protocols.http import HttpHandshake
 from ipv4proxy.protocols.socks import Socks4Handshake, Socks5Handshake
 
 NAME = HostKind.NAME
@@ -57,12 +67,22 @@ GREET = b"\x05\x01\x00"
 REQUEST = s5_request("example.com", 443)
 
 
+def refused(events: list[Event]) -> ProxyError:
+    """The error of a refusal, which is always the last event."""
+    assert events
+    assert isinstance(events[-1], Refused)
+    assert not any(isinstance(event, Refused) for event in events[:-1])
+    return events[-1].error
+
+
 def s5_refusal(data: bytes, **kwargs: bool) -> tuple[Failure, bytes]:
+    """The failure, and every byte the client sees: the Send events, then the refusal."""
     handshake = Socks5Handshake(**kwargs)
-    with pytest.raises(ProtocolError) as info:
-        handshake.feed(data)
-    assert "\n" not in str(info.value)
-    return info.value.failure, handshake.error_reply(info.value)
+    events = handshake.feed(data)
+    error = refused(events)
+    assert "\n" not in str(error)
+    sent = b"".join(event.data for event in events if isinstance(event, Send))
+    return error.failure, sent + handshake.error_reply(error)
 
 
 # --- SOCKS5 greeting and method choice -------------------------------------------------
@@ -102,7 +122,7 @@ def test_bad_greeting(greeting: bytes) -> None:
 
 def test_greeting_and_request_in_one_chunk() -> None:
     events = Socks5Handshake().feed(GREET + REQUEST + b"hello")
-    assert events == [Send(b"\x05\x00"), Connect("socks5", EXAMPLE, b"hello", None)]
+    assert events == [Send(b"\x05\x00"), Connect(ProtocolKind.SOCKS5, EXAMPLE, b"hello", None)]
 
 
 def test_partial_messages_wait() -> None:
@@ -111,7 +131,7 @@ def test_partial_messages_wait() -> None:
     assert handshake.feed(b"\x02\x00") == []
     assert handshake.feed(b"\x02" + REQUEST[:5]) == [Send(b"\x05\x00")]
     assert handshake.feed(REQUEST[5:-1]) == []
-    assert handshake.feed(REQUEST[-1:]) == [Connect("socks5", EXAMPLE, b"", None)]
+    assert handshake.feed(REQUEST[-1:]) == [Connect(ProtocolKind.SOCKS5, EXAMPLE, b"", None)]
 
 
 # --- SOCKS5 requests -------------------------------------------------------------------
@@ -128,7 +148,7 @@ def test_partial_messages_wait() -> None:
 )
 def test_requests(request_bytes: bytes, destination: Destination) -> None:
     events = Socks5Handshake().feed(GREET + request_bytes)
-    assert events == [Send(b"\x05\x00"), Connect("socks5", destination, b"", None)]
+    assert events == [Send(b"\x05\x00"), Connect(ProtocolKind.SOCKS5, destination, b"", None)]
 
 
 @pytest.mark.parametrize(
@@ -159,18 +179,19 @@ def test_request_refusals(request_bytes: bytes, failure: Failure, code: int) -> 
 
 
 def test_ipv6_reason_names_the_address() -> None:
-    with pytest.raises(ProtocolError, match=r"^\[2001:db8::1\] is an IPv6 literal"):
+    error = refused(
         Socks5Handshake().feed(
             GREET + b"\x05\x01\x00\x04" + ipaddress.IPv6Address("2001:db8::1").packed + b"\0\x50"
         )
+    )
+    assert str(error).startswith("[2001:db8::1] is an IPv6 literal")
 
 
 def test_error_after_method_choice_was_sent() -> None:
     handshake = Socks5Handshake()
     assert handshake.feed(GREET) == [Send(b"\x05\x00")]
-    with pytest.raises(ProtocolError) as info:
-        handshake.feed(s5_request("example.com", 443, cmd=2))
-    assert handshake.error_reply(info.value) == b"\x05\x07\x00\x01" + bytes(6)
+    error = refused(handshake.feed(s5_request("example.com", 443, cmd=2)))
+    assert handshake.error_reply(error) == b"\x05\x07\x00\x01" + bytes(6)
 
 
 def test_replies_after_connect() -> None:
@@ -208,29 +229,31 @@ def test_auth_flow_with_everything_in_one_chunk() -> None:
     events = handshake.feed(data)
     assert events == [Send(b"\x05\x02"), Authenticate("alice", "s3cret")]
     assert "s3cret" not in repr(events)
-    assert handshake.feed(b"") == []  # nothing is parsed before auth_result()
+    assert handshake.feed(b"") == []  # nothing is parsed before authenticated()
     assert handshake.feed(b"+more") == []
-    assert handshake.auth_result(True) == b"\x01\x00"
-    assert handshake.feed(b"") == [Connect("socks5", EXAMPLE, b"early+more", ("alice", "s3cret"))]
+    assert handshake.authenticated() == [
+        Send(b"\x01\x00"),
+        Connect(ProtocolKind.SOCKS5, EXAMPLE, b"early+more", ("alice", "s3cret")),
+    ]
 
 
 def test_auth_failure() -> None:
     handshake = Socks5Handshake(require_auth=True)
     handshake.feed(b"\x05\x01\x02" + auth(b"alice", b"wrong"))
-    assert handshake.auth_result(False) == b"\x01\x01"
-    with pytest.raises(RuntimeError):
-        handshake.feed(REQUEST)
-    with pytest.raises(RuntimeError):
-        handshake.auth_result(True)
+    denied = PolicyDenied("proxy authentication failed", failure=Failure.AUTH_REQUIRED)
+    assert handshake.error_reply(denied) == b"\x01\x01"
 
 
-def test_auth_result_out_of_turn_is_a_bug() -> None:
+def test_authenticated_out_of_turn_is_a_bug() -> None:
     handshake = Socks5Handshake()
     with pytest.raises(RuntimeError):
-        handshake.auth_result(True)
+        handshake.authenticated()
     handshake.feed(GREET)
     with pytest.raises(RuntimeError):
-        handshake.auth_result(True)
+        handshake.authenticated()
+    for other in (Socks4Handshake(), HttpHandshake()):
+        with pytest.raises(RuntimeError):
+            other.authenticated()
 
 
 def test_auth_decodes_utf8_and_keeps_other_bytes() -> None:
@@ -248,10 +271,11 @@ def test_empty_credentials_are_passed_on() -> None:
 
 def test_bad_auth_version() -> None:
     handshake = Socks5Handshake(require_auth=True)
-    with pytest.raises(ProtocolError) as info:
-        handshake.feed(b"\x05\x01\x02\x05\x01u\x01p")
-    assert info.value.failure is Failure.MALFORMED
-    assert handshake.error_reply(info.value) == b"\x05\x02\x01\x01"
+    events = handshake.feed(b"\x05\x01\x02\x05\x01u\x01p")
+    error = refused(events)
+    assert error.failure is Failure.MALFORMED
+    assert events[0] == Send(b"\x05\x02")
+    assert handshake.error_reply(error) == b"\x01\x01"
 
 
 def test_error_reply_during_auth() -> None:
@@ -276,23 +300,23 @@ def test_error_reply_before_method_choice() -> None:
     [
         (
             b"\x04\x01\x00\x50\x01\x02\x03\x04\x00",
-            Connect("socks4", Destination("1.2.3.4", 80, IPV4), b"", None),
+            Connect(ProtocolKind.SOCKS4, Destination("1.2.3.4", 80, IPV4), b"", None),
         ),
         (
             b"\x04\x01\x00\x50\x01\x02\x03\x04bob\x00GET",
-            Connect("socks4", Destination("1.2.3.4", 80, IPV4), b"GET", ("bob", "")),
+            Connect(ProtocolKind.SOCKS4, Destination("1.2.3.4", 80, IPV4), b"GET", ("bob", "")),
         ),
         (
             b"\x04\x01\x01\xbb\x00\x00\x00\x07\x00Example.com\x00\x16\x03",
-            Connect("socks4a", EXAMPLE, b"\x16\x03", None),
+            Connect(ProtocolKind.SOCKS4A, EXAMPLE, b"\x16\x03", None),
         ),
         (
             b"\x04\x01\x01\xbb\x00\x00\x00\xffu\x001.2.3.4\x00",
-            Connect("socks4a", Destination("1.2.3.4", 443, IPV4), b"", ("u", "")),
+            Connect(ProtocolKind.SOCKS4A, Destination("1.2.3.4", 443, IPV4), b"", ("u", "")),
         ),
         (
             b"\x04\x01\x00\x50\x00\x00\x00\x00\x00",
-            Connect("socks4", Destination("0.0.0.0", 80, IPV4), b"", None),
+            Connect(ProtocolKind.SOCKS4, Destination("0.0.0.0", 80, IPV4), b"", None),
         ),
     ],
 )
@@ -316,10 +340,9 @@ def test_socks4_requests(data: bytes, expected: Connect) -> None:
 )
 def test_socks4_refusals(data: bytes, failure: Failure) -> None:
     handshake = Socks4Handshake()
-    with pytest.raises(ProtocolError) as info:
-        handshake.feed(data)
-    assert info.value.failure is failure
-    assert handshake.error_reply(info.value) == b"\x00\x5b" + bytes(6)
+    error = refused(handshake.feed(data))
+    assert error.failure is failure
+    assert handshake.error_reply(error) == b"\x00\x5b" + bytes(6)
     with pytest.raises(RuntimeError):
         handshake.feed(b"")
 
@@ -336,7 +359,7 @@ def test_socks4_waits_for_the_whole_request() -> None:
     data = b"\x04\x01\x01\xbb\x00\x00\x00\x07bob\x00example.com\x00"
     for byte in data[:-1]:
         assert handshake.feed(bytes((byte,))) == []
-    assert handshake.feed(data[-1:]) == [Connect("socks4a", EXAMPLE, b"", ("bob", ""))]
+    assert handshake.feed(data[-1:]) == [Connect(ProtocolKind.SOCKS4A, EXAMPLE, b"", ("bob", ""))]
 
 
 def test_socks4_replies() -> None:
@@ -360,7 +383,7 @@ def test_socks5_round_trip(host: str, port: int, early: bytes) -> None:
     events = Socks5Handshake().feed(GREET + s5_request(host, port) + early)
     assert events == [
         Send(b"\x05\x00"),
-        Connect("socks5", Destination(host, port, kind), early, None),
+        Connect(ProtocolKind.SOCKS5, Destination(host, port, kind), early, None),
     ]
 
 
@@ -369,9 +392,9 @@ def test_socks5_auth_round_trip(host: str, port: int, early: bytes) -> None:
     handshake = Socks5Handshake(require_auth=True)
     events = handshake.feed(b"\x05\x01\x02" + auth(b"u", b"p") + s5_request(host, port) + early)
     assert events == [Send(b"\x05\x02"), Authenticate("u", "p")]
-    handshake.auth_result(True)
-    assert handshake.feed(b"") == [
-        Connect("socks5", Destination(host, port, NAME), early, ("u", "p"))
+    assert handshake.authenticated() == [
+        Send(b"\x01\x00"),
+        Connect(ProtocolKind.SOCKS5, Destination(host, port, NAME), early, ("u", "p")),
     ]
 
 
@@ -385,7 +408,7 @@ def test_socks5_auth_round_trip(host: str, port: int, early: bytes) -> None:
 def test_socks4_round_trip(host: str, port: int, user: bytes, early: bytes) -> None:
     is_ip = host.replace(".", "").isdigit()
     kind = IPV4 if is_ip else NAME
-    protocol = "socks4" if is_ip else "socks4a"
+    protocol = ProtocolKind.SOCKS4 if is_ip else ProtocolKind.SOCKS4A
     credentials = (user.decode("utf-8", "surrogateescape"), "") if user else None
     events = Socks4Handshake().feed(s4_request(host, port, user) + early)
     assert events == [Connect(protocol, Destination(host, port, kind), early, credentials)]
