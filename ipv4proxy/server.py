@@ -1,33 +1,33 @@
-"""The asyncio glue: accept, sniff, run a handshake, resolve, dial, relay, log.
+"""The asyncio glue: accept, carry out each connection's session, dial, relay, log.
 
-One `Session` per client connection feeds the client's bytes to the handshake its first
-byte selects (``protocols``), and acts on the events: write, authenticate, or open a tunnel.
-Opening is the only task a connection ever has; once the upstream socket is connected the
-client transport is handed to a `Pump` (``net.relay``) and the session is gone. A first
-byte no protocol starts with is refused at once (``protocols.sniff``). A plain-HTTP
-forward request hands the connection at once to a `ForwardTunnel` (``net.forward``),
-which frames, checks and dials every request itself through the ``forward_*`` methods.
+One `Client` per client connection feeds what happens to it (accepted, bytes received,
+handshake timed out, route resolved, upstream connected, dial failed) to its sans-IO
+`Session` (``protocols.session``) and carries out the commands it gets back: write,
+close (or reset), open the upstream, hand over to the relay or the forwarder, log a
+refusal. Every protocol and policy decision is the session's; this module only moves
+bytes, awaits the resolver and the dialer, and keeps the books. Opening is the only task
+a connection ever has; once the upstream is connected the client transport is handed to
+the relay (``net.relay``) and the Client is gone. A plain-HTTP forward request hands the
+connection to a `ForwardTunnel` (``net.forward``), which frames every request and asks
+the Client (and through it the session) to check and dial each one.
 
 Rules:
-- Every decision that needs no I/O is made in ``protocols`` or ``policy``; this module only
-  moves bytes and awaits the resolver and the dialer.
-- Each expected failure is a ProxyError: the client gets the handshake's error reply (for
-  a failed CONNECT, what ``http.connect_failure`` says: a reset, a close or the status),
-  the log gets one ``tunnel`` line naming the cause. Nothing else is sent or logged for it.
 - Phases have their own clocks: handshake_timeout until the request is complete, then the
   resolver's and the dialer's own timeouts, then idle_timeout on the open tunnel.
-- Bounds (``limits``): a client address outside the listener's ``clients``, and
-  connections over max_connections (or max_connections_per_client from one address), are
-  closed at accept, with no reply and one log line; the first is never counted. Bytes of
-  unfinished requests count against handshake_memory (a request that would go over it is
-  refused with 503); held relay bytes against relay_memory (``net.relay``). Idle tunnels
-  are found by one sweep per process, not a timer per tunnel or per read: every tenth of
-  idle_timeout it compares each tunnel's byte counters with the last sweep's.
-- A session takes the Proxy's configuration and policy when it is accepted and keeps them:
-  a reload (SIGHUP) changes what later connections get, never an open one.
-- Operations (metrics, drain bookkeeping) live in the `Proxy`; a session reports to it in
+- Bounds (``limits``): connections over max_connections (or max_connections_per_client
+  from one address) are closed at accept, with no reply and one log line (the session
+  says so); a client outside the listener's ``clients`` is refused before it is counted.
+  Bytes of unfinished requests count against handshake_memory (the session refuses the
+  request that would go over it); held relay bytes against relay_memory (``net.relay``).
+  Idle tunnels are found by the relay's registry (`Tunnels.sweep`), every tenth of
+  idle_timeout.
+- A connection's count has one owner, its `_Ledger`: taken at accept, given back once,
+  when the client connection (or its tunnel) closes.
+- A Client takes the Proxy's settings, policy and upstream when it is accepted and keeps
+  them: a reload (SIGHUP) changes what later connections get, never an open one.
+- Operations (metrics, drain bookkeeping) live in the `Proxy`; a Client reports to it in
   a few places only, each marked ``# ops``: accept and close, the handover to the relay
-  and the tunnel-closed callback, and `_refuse`.
+  and the tunnel-closed callback, and a refusal's log line.
 """
 
 from __future__ import annotations
@@ -40,37 +40,36 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Sequence
 from typing import cast
 
 from ipv4proxy.config import Config
-from ipv4proxy.errors import ConfigError, Failure, ProtocolError, ProxyError
+from ipv4proxy.errors import ConfigError, Failure, ProxyError
 from ipv4proxy.linebudget import LineBudget
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
 from ipv4proxy.net import heap
 from ipv4proxy.net.forward import PROTOCOL as FORWARD_PROTOCOL
 from ipv4proxy.net.forward import ForwardTunnel
-from ipv4proxy.net.relay import Buffers, Pump, Tunnel, tune_socket
+from ipv4proxy.net.relay import Buffers, Pump, Tunnel, Tunnels, tune_socket
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.net.upstream import DIRECT, Connection, Route, Upstream
-from ipv4proxy.policy import Policy, require
-from ipv4proxy.protocols import (
-    Authenticate,
-    Connect,
-    Forward,
-    Handshake,
-    Refused,
-    Send,
-    new_handshake,
-)
-from ipv4proxy.protocols.events import Destination
+from ipv4proxy.policy import Policy
+from ipv4proxy.protocols import Destination, Forward, Send
 from ipv4proxy.protocols.forward import ForwardFramer, OriginRequest
-from ipv4proxy.protocols.http import silenced
-from ipv4proxy.protocols.sniff import foreign
+from ipv4proxy.protocols.session import (
+    Close,
+    Command,
+    Dial,
+    LogRefusal,
+    OpenUpstream,
+    Session,
+    Settings,
+    StartForward,
+    StartRelay,
+)
 from ipv4proxy.rules import local_addresses
 
-__all__ = ["Proxy", "Session"]
+__all__ = ["Client", "Proxy"]
 
 log = logging.getLogger("ipv4proxy")
 access = logging.getLogger("ipv4proxy.access")
@@ -102,6 +101,21 @@ def local_addresses_now(path: str = "/proc/net/fib_trie") -> frozenset[str]:
     except OSError as exc:
         log.warning("cannot read %s (%s): the loop guard knows loopback only", path, exc)
         return frozenset()
+
+
+def _settings(config: Config) -> tuple[Settings, ...]:
+    """What the sessions of each listener are made with, under ``config``."""
+    limits = config.limits
+    return tuple(
+        Settings(
+            listener=index,
+            max_head=limits.max_head,
+            handshake_timeout=limits.handshake_timeout,
+            handshake_memory=limits.handshake_memory,
+            connect_failure=config.http.connect_failure,
+        )
+        for index in range(max(1, len(config.listeners)))
+    )
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -151,10 +165,10 @@ class Proxy:
         # The most connections open since the heap was last trimmed, and the trim to come.
         self._peak = 0
         self._trim: asyncio.TimerHandle | None = None
-        # Open tunnels -> [bytes moved at the last sweep, loop time they last changed].
-        self.tunnels: dict[Tunnel, list[float]] = {}
+        self.settings = _settings(config)
+        self.tunnels = Tunnels()
         self._sweeper: asyncio.TimerHandle | None = None
-        self.sessions: set[Session] = set()
+        self.sessions: set[Client] = set()
         self.listening = False
         self.draining = False
         self._cutting = False
@@ -214,18 +228,9 @@ class Proxy:
             event(access, "refusals-suppressed", logging.WARNING, outcome=cause, count=count)
 
     def _sweep(self) -> None:
-        """Abort tunnels that moved no byte for idle_timeout; re-arm. O(open tunnels)."""
-        now = self.loop.time()
+        """Abort tunnels that moved no byte for idle_timeout; re-arm."""
         timeout = self.config.limits.idle_timeout
-        for tunnel, seen in list(self.tunnels.items()):
-            moved = tunnel.client.received + tunnel.upstream.received
-            if moved != seen[0]:
-                seen[0], seen[1] = moved, now
-            elif now - seen[1] >= timeout:
-                seen[1] = -1.0  # marks the close as idle for the tunnel's log line
-                for pump in (tunnel.client, tunnel.upstream):
-                    if pump.transport is not None:
-                        pump.transport.abort()  # close() would wait on a reader that never reads
+        self.tunnels.sweep(self.loop.time(), timeout)
         self._sweeper = self.loop.call_later(timeout / 10, self._sweep)
 
     async def start(self) -> list[tuple[str, int]]:
@@ -233,7 +238,7 @@ class Proxy:
         bound: list[tuple[str, int]] = []
         for index, listener in enumerate(self.config.listeners):
             server = await self.loop.create_server(
-                lambda index=index: Session(self, index),  # type: ignore[misc]
+                lambda index=index: Client(self, index),  # type: ignore[misc]
                 listener.host,
                 listener.port,
                 backlog=1024,
@@ -271,7 +276,7 @@ class Proxy:
         self.upstream = self.upstream.reconfigured(config, self.resolver)
         self.buffers.budget = config.limits.relay_memory
         self.refusal_lines.per_second = config.log.refusals_per_second
-        self.config, self.policy = config, policy
+        self.config, self.policy, self.settings = config, policy, _settings(config)
 
     def listening_also(self, address: tuple[str, int]) -> None:
         """Another listener of this process (the admin one): requests to it are loops too."""
@@ -305,11 +310,7 @@ class Proxy:
     def cut(self) -> int:
         """Abort every open connection now; returns how many there were."""
         self._cutting = True
-        count = len(self.tunnels) + len(self.sessions)
-        for tunnel in list(self.tunnels):
-            for pump in (tunnel.client, tunnel.upstream):
-                if pump.transport is not None:
-                    pump.transport.abort()
+        count = self.tunnels.cut() + len(self.sessions)
         for session in list(self.sessions):
             session.transport.abort()
         return count
@@ -318,31 +319,26 @@ class Proxy:
         if self.draining and not self.sessions and not self.tunnels:
             self._idle.set()
 
-    # What sessions report (the "# ops" places in Session).
+    # What client connections report (the "# ops" places in Client).
 
-    def session_ended(self, session: Session) -> None:
+    def session_ended(self, session: Client) -> None:
         self.sessions.discard(session)
         self._check_idle()
 
-    def tunnel_opened(
-        self, session: Session, tunnel: Tunnel, protocol: str, seconds: float
-    ) -> None:
+    def tunnel_opened(self, session: Client, tunnel: Tunnel, protocol: str, seconds: float) -> None:
         self.sessions.discard(session)
-        self.tunnels[tunnel] = [0, self.loop.time()]
+        self.tunnels.add(tunnel, self.loop.time())
         self.metrics.tunnel_opened(protocol, seconds)
 
     def tunnel_closed(self, tunnel: Tunnel, protocol: str) -> str:
         """Forget a closed tunnel and count it; returns its outcome for the access line."""
-        seen = self.tunnels.pop(tunnel, None)
-        if seen is None:
+        if not self.tunnels.remove(tunnel):
             return CLOSED_OK
-        if seen[1] < 0:
+        if tunnel.idle:
             outcome = Failure.IDLE_TIMEOUT.cause
         else:
             outcome = CLOSED_CUT if self._cutting else CLOSED_OK
-        self.metrics.tunnel_closed(
-            protocol, outcome, tunnel.client.received, tunnel.upstream.received
-        )
+        self.metrics.tunnel_closed(protocol, outcome, tunnel.sent, tunnel.received)
         self._check_idle()
         return outcome
 
@@ -361,11 +357,14 @@ class Proxy:
         await self.upstream.close()
 
 
-class _TunnelEnd:
-    """A relayed tunnel's close callback: count it, uncount its client connection, log it.
+class _Ledger:
+    """What one client connection holds and reports: its slot in the connection limits
+    (taken at accept, given back once, by `release`) and, once it is a tunnel, the
+    tunnel's close callback: count it, give the slot back, write its access line.
 
-    A small object rather than a closure over the session, so an open tunnel does not keep
-    its handshake session (and the handshake) alive: 0.35 KiB less per idle tunnel.
+    The one owner of the connection count: made at accept, it outlives the `Client` (a
+    small object rather than a closure over it, so an open tunnel does not keep its
+    handshake alive: 0.35 KiB less per idle tunnel).
     """
 
     __slots__ = (
@@ -381,34 +380,29 @@ class _TunnelEnd:
         "via",
     )
 
-    def __init__(
-        self,
-        proxy: Proxy,
-        *,
-        client: str,
-        protocol: str,
-        target: str,
-        started: float,
-    ) -> None:
+    def __init__(self, proxy: Proxy, client: str, host: str) -> None:
         self.proxy = proxy
         self.client = client
-        self.protocol = protocol
-        self.target = target
-        self.started = started
-        # Set when the upstream is connected.
+        self.host = host
+        self.counted = False
+        # Set when a tunnel is being opened, and when its upstream is connected.
+        self.protocol = "-"
+        self.target = "-"
+        self.started = 0.0
+        self.connected = 0.0
         self.address = ""
         self.via = DIRECT
-        self.connected = started
-        # Handed over by the session once the tunnel alone owns the connection.
-        self.host = "-"
-        self.counted = False
+
+    def release(self) -> None:
+        """Give the connection's slot back (once)."""
+        if self.counted:
+            self.counted = False
+            self.proxy.release(self.host)
 
     def __call__(self, tunnel: Tunnel) -> None:
         proxy = self.proxy
         outcome = proxy.tunnel_closed(tunnel, self.protocol)  # ops
-        if self.counted:
-            self.counted = False
-            proxy.release(self.host)
+        self.release()
         started = self.started
         event(
             access,
@@ -419,35 +413,34 @@ class _TunnelEnd:
             address=self.address,
             via=self.via,
             connect_ms=round((self.connected - started) * 1000, 1),
-            sent=tunnel.client.received,
-            received=tunnel.upstream.received,
+            sent=tunnel.sent,
+            received=tunnel.received,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
             outcome=outcome,
         )
 
 
-class Session(asyncio.Protocol):
-    """One client connection, from its first byte until its tunnel is handed to the relay."""
+class Client(asyncio.Protocol):
+    """One client connection, from accept until its relay starts: the I/O of its
+    `Session`, whose commands it carries out (``protocols.session``). It decides nothing."""
 
     transport: asyncio.Transport  # set by connection_made, before any other call
+    session: Session
+    ledger: _Ledger
 
     def __init__(self, proxy: Proxy, listener: int = 0) -> None:
         self.proxy = proxy
-        self.listener = listener
-        # Taken at accept: a reload never changes an open session.
-        self.config = proxy.config
+        # Taken at accept: a reload never changes an open connection.
+        self.settings = proxy.settings[listener]
         self.policy = proxy.policy
+        self.upstream = proxy.upstream
         self.client = "-"
-        self.host = "-"  # the client's address, without the port: what limits count
-        self.counted = False
-        self.handshake: Handshake | None = None
-        # Bytes fed to the handshake while the request is not complete (`_hold`).
+        # Bytes of the unfinished request counted against limits.handshake_memory.
         self.held = 0
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
-        # While the tunnel is being opened: what `_made` wires, and the route dialled.
-        self.opening: tuple[Handshake, Connect, Tunnel] | None = None
-        self.route: Route | None = None
+        # The tunnel being opened (its upstream pump reports the connect), then relayed.
+        self.tunnel: Tunnel | None = None
         # Plain-HTTP forwarding: the relay that owns the connection from its first request.
         self.forward: ForwardTunnel | None = None
 
@@ -455,71 +448,31 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.proxy.sessions.add(self)  # ops: the drain waits for sessions too
+        proxy = self.proxy
+        proxy.sessions.add(self)  # ops: the drain waits for sessions too
         peer = transport.get_extra_info("peername")
         self.client = _address(peer)
-        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-        # Refused before it is counted, and closed with no reply (no handshake yet): a
-        # client outside the listener's clients never takes a slot or waits for a byte.
-        decision = self.policy.client(self.listener, self.host)
-        if not decision.allowed:
-            self._refuse(decision.error(), "-")
-            return
-        over = self.proxy.admit(self.host)
-        if over is not None:
-            error = ProxyError(
-                f"too many connections: {over}", failure=Failure.TOO_MANY_CONNECTIONS
-            )
-            self._refuse(error, "-")
-            return
-        self.counted = True
-        timeout = self.config.limits.handshake_timeout
-        self.timer = self.proxy.loop.call_later(timeout, self._handshake_timeout)
-
-    def release(self) -> None:
-        """Uncount this connection (once), when it or its tunnel has closed."""
-        if self.counted:
-            self.counted = False
-            self.proxy.release(self.host)
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        self.session = session = Session(self.settings, self.policy, host)
+        self.ledger = ledger = _Ledger(proxy, self.client, host)
+        commands = session.accepted()
+        if not commands:
+            over = proxy.admit(host)
+            if over is None:
+                ledger.counted = True
+                timeout = self.settings.handshake_timeout
+                self.timer = proxy.loop.call_later(timeout, self._timed_out)
+                return
+            commands = session.over_limit(over)
+        self._run(commands)
 
     def data_received(self, data: bytes) -> None:
-        handshake = self.handshake
-        if handshake is None:
-            refusal = foreign(data[0])
-            if refusal is not None:  # no protocol starts so: refused now, not at the timeout
-                self.transport.write(refusal.reply)
-                self._refuse(refusal.error, "-")
-                return
-            handshake = new_handshake(
-                data[0],
-                max_head=self.config.limits.max_head,
-                require_auth=self.policy.auth_required,
-            )
-            self.handshake = handshake
-        self._act(handshake, handshake.feed(data))
-        if self.task is None and self.forward is None and not self.transport.is_closing():
-            self._hold(len(data), handshake)
-
-    def _hold(self, nbytes: int, handshake: Handshake) -> None:
-        """Count ``nbytes`` more of an unfinished request against limits.handshake_memory;
-        refuse the request that would go over it. A request that arrives whole (the usual
-        case) completes in one feed and is never counted."""
-        proxy = self.proxy
-        budget = self.config.limits.handshake_memory
-        if proxy.handshake_bytes + nbytes > budget:
-            error = ProxyError(
-                f"unfinished requests hold {proxy.handshake_bytes} bytes"
-                f" (limits.handshake_memory {budget}): try again",
-                failure=Failure.OVERLOADED,
-            )
-            self._refuse(error, handshake.protocol, handshake.target)
-            return
-        self.held += nbytes
-        proxy.handshake_bytes += nbytes
-
-    def _unhold(self) -> None:
-        self.proxy.handshake_bytes -= self.held
-        self.held = 0
+        session = self.session
+        commands = session.received(data)
+        if commands:
+            self._run(commands)
+        if session.waiting and not self.transport.is_closing():
+            self._hold(len(data))
 
     def eof_received(self) -> bool:
         return False  # a client that ends before its request is complete is done
@@ -530,39 +483,123 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
         if self.task is not None:
             self.task.cancel()
-        self.release()
+        self.ledger.release()
         self.proxy.session_ended(self)  # ops
 
-    # handshake
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._run(self.session.timed_out())
 
-    def _act(self, handshake: Handshake, events: Sequence[object]) -> None:
-        pending = list(events)
-        while pending:
-            item = pending.pop(0)
-            if isinstance(item, Send):
-                self.transport.write(item.data)
-            elif isinstance(item, Refused):
-                self._refuse(item.error, handshake.protocol, handshake.target)
-                return
-            elif isinstance(item, Authenticate):
-                decision = self.policy.credentials((item.username, item.password))
-                if not decision.allowed:
-                    self._refuse(decision.error(), handshake.protocol)
-                    return
-                pending.extend(handshake.authenticated())
-            elif isinstance(item, Connect | Forward):
-                self._unhold()  # the handshake has handed its bytes over
-                if self.timer is not None:
-                    self.timer.cancel()
-                if isinstance(item, Forward):
-                    self._forward(item)
-                    return
-                self.transport.pause_reading()
+    def _hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` more of an unfinished request against limits.handshake_memory
+        (or let the session refuse it). A request that arrives whole (the usual case)
+        completes in one feed and is never counted."""
+        proxy = self.proxy
+        if proxy.handshake_bytes + nbytes > self.settings.handshake_memory:
+            self._run(self.session.over_budget(proxy.handshake_bytes))
+            return
+        self.held += nbytes
+        proxy.handshake_bytes += nbytes
+
+    def _unhold(self) -> None:
+        self.proxy.handshake_bytes -= self.held
+        self.held = 0
+
+    # carrying out commands
+
+    def _run(self, commands: list[Command]) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return  # the client is gone: nothing to answer, nobody to log for
+        for command in commands:
+            if isinstance(command, Send):
+                transport.write(command.data)
+            elif isinstance(command, OpenUpstream):
+                self._request_done()
+                transport.pause_reading()  # what the client sends now is for the tunnel
                 self.task = self.proxy.loop.create_task(
-                    self._open(handshake, item), name=f"open {self.client}"
+                    self._open(command.destination), name=f"open {self.client}"
                 )
                 self.task.add_done_callback(self._opened)
+            elif isinstance(command, Close):
+                if command.reset:
+                    _reset(transport)
+                transport.close()
+            elif isinstance(command, LogRefusal):
+                self._log_refusal(command)
+            elif isinstance(command, StartForward):
+                self._request_done()
+                self._forward(command.request)
+            else:  # Dial and StartRelay are asked for by their own inputs
+                raise TypeError(f"unexpected command {command!r}")
+
+    def _request_done(self) -> None:
+        self._unhold()  # the handshake has handed its bytes over
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _log_refusal(self, refusal: LogRefusal) -> None:
+        error = refusal.error
+        proxy = self.proxy
+        proxy.metrics.refused(error)  # ops
+        if not proxy.refusal_logged(error.failure.cause):
+            return
+        event(
+            access,
+            "tunnel",
+            client=self.client,
+            protocol=refusal.protocol,
+            target=refusal.target,
+            address="-",
+            outcome=error.failure.cause,
+            reason=str(error),
+        )
+
+    # opening the tunnel
+
+    async def _open(self, destination: Destination) -> None:
+        session = self.session
+        ledger = self.ledger
+        ledger.protocol, ledger.target = session.protocol, str(destination)
+        ledger.started = time.monotonic()
+        tunnel = self.tunnel = Tunnel(ledger, self.proxy.buffers)
+        pump = tunnel.upstream
+        # "Upstream connected" arrives when the upstream transport exists, before it is
+        # read from (`_made`), however the transport was made.
+        pump.on_made = self._made
+        try:
+            upstream = self.upstream
+            route = upstream.route_now(destination) or await upstream.resolve(destination)
+            commands = session.resolved(route)
+            dial = commands[0]
+            if not isinstance(dial, Dial):
+                self._run(commands)
                 return
+            if dial.addresses is not route.addresses:
+                route = dataclasses.replace(route, addresses=dial.addresses)
+            ledger.address = route.addresses[0]  # the one the loop connects to, if only one
+            await self._connect(route, pump, ledger)
+        except ProxyError as exc:
+            self._run(session.failed(exc))
+        finally:
+            pump.on_made = None
+
+    async def _connect(self, route: Route, pump: Pump, ledger: _Ledger | None = None) -> Connection:
+        upstream = await self.upstream.connect(route, pump)
+        sock = upstream.sock
+        if sock is not None:  # a race of several addresses, or through a parent
+            if ledger is not None:
+                ledger.address, ledger.via = upstream.address, upstream.via
+            try:
+                if self.transport.is_closing():
+                    sock.close()
+                    return upstream
+                await self.proxy.loop.create_connection(lambda: pump, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        return upstream
 
     def _opened(self, task: asyncio.Task[None]) -> None:
         """A tunnel set-up that died of something unexpected (an OSError making the
@@ -572,178 +609,62 @@ class Session(asyncio.Protocol):
         log.error("setting up the tunnel of %s failed", self.client, exc_info=task.exception())
         self.transport.abort()
 
-    def _handshake_timeout(self) -> None:
-        timeout = self.config.limits.handshake_timeout
-        error = ProtocolError(
-            f"request not complete after {timeout:g} s", failure=Failure.HANDSHAKE_TIMEOUT
-        )
-        handshake = self.handshake
-        if handshake is None:
-            self._refuse(error, "-")
-        else:
-            self._refuse(error, handshake.protocol, handshake.target)
-
-    def _refuse(self, error: ProxyError, protocol: str, target: str = "-") -> None:
-        """Send the handshake's answer for ``error``, close, and log the cause.
-
-        The log line is the same whatever ``http.connect_failure`` makes of the answer.
-        """
-        if self.transport.is_closing():
-            return
-        handshake = self.handshake
-        if handshake is not None:
-            mode = self.proxy.config.http.connect_failure
-            if silenced(handshake.protocol, error, mode):
-                if mode == "reset":
-                    _reset(self.transport)
-            else:
-                self.transport.write(handshake.error_reply(error))
-        self.transport.close()
-        self.proxy.metrics.refused(error)  # ops
-        if not self.proxy.refusal_logged(error.failure.cause):
-            return
-        event(
-            access,
-            "tunnel",
-            client=self.client,
-            protocol=protocol,
-            target=target,
-            address="-",
-            outcome=error.failure.cause,
-            reason=str(error),
-        )
-
-    # opening the tunnel
-
-    async def _open(self, handshake: Handshake, request: Connect) -> None:
-        destination = request.destination
-        target = f"{destination.host}:{destination.port}"
-        proxy = self.proxy
-        closed = _TunnelEnd(
-            proxy,
-            client=self.client,
-            protocol=request.protocol,
-            target=target,
-            started=time.monotonic(),
-        )
-        tunnel = Tunnel(closed, proxy.buffers)
-        pump = tunnel.upstream
-        # The tunnel is wired when the upstream transport exists, before it is read from
-        # (`_made`), whichever way the transport was made.
-        self.opening = (handshake, request, tunnel)
-        pump.on_made = self._made
-        policy = self.policy
-        try:
-            require(policy.credentials(request.credentials, protocol=request.protocol))
-            require(policy.destination(destination))
-            # Resolve, let the policy narrow the addresses, then connect (maybe via a parent).
-            # One address, direct: the loop connects and makes the transport in one step.
-            upstream = await proxy.upstream.open(destination, check=self._allowed, protocol=pump)
-            sock = upstream.sock
-            if sock is not None:  # a race of several addresses, or through a parent
-                closed.address, closed.via = upstream.address, upstream.via
-                try:
-                    if self.transport.is_closing():
-                        sock.close()
-                        return
-                    await proxy.loop.create_connection(lambda: pump, sock=sock)
-                except BaseException:
-                    sock.close()
-                    raise
-            elif pump.transport is None:  # pragma: no cover - the loop closed it unadopted
-                assert upstream.transport is not None
-                upstream.transport.close()
-                self.transport.abort()
-        except ProxyError as exc:
-            self._refuse(exc, request.protocol, target)
-        finally:
-            pump.on_made = None
-            self.opening = None
-
-    def _allowed(self, route: Route) -> Route:
-        """The route with only the addresses the policy allows; raises PolicyDenied."""
-        if route.literal:
-            require(self.policy.address(route.host, route.port))
-        else:
-            if route.resolved:  # the search list made it another name: judge that one too
-                require(self.policy.resolved_name(route.host, route.resolved, route.port))
-            addresses, decision = self.policy.addresses(route.addresses, route.port, route.host)
-            require(decision)
-            route = dataclasses.replace(route, addresses=addresses)
-        self.route = route  # for `_made`: the one address a direct transport was made to
-        return route
-
     def _made(self, upstream: asyncio.Transport) -> None:
-        """Wire the tunnel once its upstream transport exists, before anything is read from
-        it; the session ends here. A failure here must not leave the client paused
-        forever: log it, drop both sides."""
+        """The upstream is connected: start the relay before anything is read from it.
+        A failure here must not leave the client paused forever: log it, drop both."""
         try:
-            self._wire(upstream)
+            self._relay(upstream)
         except Exception:
             log.exception("setting up the tunnel of %s failed", self.client)
             upstream.abort()
             self.transport.abort()
 
-    def _wire(self, upstream: asyncio.Transport) -> None:
-        opening = self.opening
-        assert opening is not None
-        self.opening = None
-        handshake, request, tunnel = opening
+    def _relay(self, upstream: asyncio.Transport) -> None:
         client = self.transport
+        tunnel = self.tunnel
+        assert tunnel is not None
         if client.is_closing():  # the client left while the upstream was connecting
             upstream.close()
             return
-        proxy = self.proxy
-        closed = cast(_TunnelEnd, tunnel.on_closed)
-        closed.connected = connected = time.monotonic()
-        if not closed.address:  # made directly by the loop: the route's one address
-            assert self.route is not None
-            closed.address = self.route.addresses[0]
-        proxy.tunnel_opened(self, tunnel, request.protocol, connected - closed.started)  # ops
+        ledger = self.ledger
+        ledger.connected = connected = time.monotonic()
+        self.proxy.tunnel_opened(self, tunnel, ledger.protocol, connected - ledger.started)  # ops
         tune_socket(upstream.get_extra_info("socket"))  # the client's has it from its listener
         local = upstream.get_extra_info("sockname")
         # The reply goes out before any upstream byte can (the loop reads the upstream only
         # after this returns): a server that speaks first must not have its bytes land
         # ahead of "200 Connection established".
-        client.write(handshake.success_reply(local[0], local[1]))
-        tunnel.client.connection_made(client)  # adopts it and sets its flow control
-        client.set_protocol(tunnel.client)
-        # From here only the tunnel can end this connection: its end uncounts it (once), and
-        # nothing refers to this session any more.
-        closed.host, closed.counted, self.counted = self.host, self.counted, False
-        first = request.early_data
-        if first:
-            tunnel.client.received += len(first)
-            upstream.write(first)
-        # If the destination did not take the first bytes whole, the write paused the client:
-        # the upstream pump's resume_writing resumes it, not us.
-        if not upstream.get_write_buffer_size():
-            client.resume_reading()
+        for command in self.session.connected(local[0], local[1]):
+            if isinstance(command, Send):
+                client.write(command.data)
+            elif isinstance(command, StartRelay):
+                # From here only the tunnel can end this connection; its ledger gives the
+                # slot back, and nothing refers to this Client any more.
+                tunnel.relay(client, command.first)
 
     # plain-HTTP forwarding (net.forward): the relay asks the session for these
 
     def _forward(self, request: Forward) -> None:
         """Hand the connection to a forward relay, which checks and dials every request
         itself, the first one included; the session stays its owner until it ends."""
-        limits = self.config.limits
-        framer = ForwardFramer(max_head=limits.max_head)
+        framer = ForwardFramer(max_head=self.settings.max_head)
         self.forward = ForwardTunnel(self, self.proxy.buffers, framer, self.proxy.loop)
         self.forward.start(self.transport, request)
 
     def forward_check(self, request: OriginRequest) -> None:
-        require(self.policy.credentials(request.credentials, protocol=FORWARD_PROTOCOL))
-        require(self.policy.destination(request.destination))
+        denied = self.session.check_request(
+            FORWARD_PROTOCOL, request.credentials, request.destination
+        )
+        if denied is not None:
+            raise denied
 
     async def forward_connect(self, destination: Destination, pump: Pump) -> Connection:
-        upstream = await self.proxy.upstream.open(destination, check=self._allowed, protocol=pump)
-        sock = upstream.sock
-        if sock is not None:  # a race of several addresses, or through a parent
-            try:
-                await self.proxy.loop.create_connection(lambda: pump, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-        return upstream
+        upstream = self.upstream
+        route = upstream.route_now(destination) or await upstream.resolve(destination)
+        addresses = self.session.allowed_addresses(route)
+        if addresses is not route.addresses:
+            route = dataclasses.replace(route, addresses=addresses)
+        return await self._connect(route, pump)
 
     def forward_opened(self, tunnel: Tunnel, seconds: float) -> None:
         self.proxy.tunnel_opened(self, tunnel, FORWARD_PROTOCOL, seconds)  # ops
@@ -755,7 +676,7 @@ class Session(asyncio.Protocol):
         else:
             outcome = CLOSED_OK
             proxy.session_ended(self)  # ops: it never opened an upstream
-        self.release()
+        self.ledger.release()
         self.forward = None
         return outcome
 
@@ -768,7 +689,7 @@ class Session(asyncio.Protocol):
 
     def forward_hold(self, delta: int) -> bool:
         proxy = self.proxy
-        if delta > 0 and proxy.handshake_bytes + delta > self.config.limits.handshake_memory:
+        if delta > 0 and proxy.handshake_bytes + delta > self.settings.handshake_memory:
             return False
         proxy.handshake_bytes += delta
         return True

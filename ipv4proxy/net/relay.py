@@ -26,6 +26,11 @@ Rules:
   both sides have sent EOF, or at once when either side closes or resets. A closing
   transport is never written to (its descriptor may already be another socket's).
 - The `Tunnel` learns when both sockets are closed, and reports once.
+- The open tunnels of a process are a `Tunnels` registry: the server adds and removes
+  them, and asks it to sweep idle ones, to cut them all, and what each moved; nothing
+  outside this module touches a pump's fields. Idle tunnels are found by one sweep per
+  process, not a timer per tunnel or per read: each sweep compares a tunnel's byte
+  counters with the last sweep's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["MIN_READ", "READ_SIZE", "Buffers", "Pump", "Tunnel", "tune_socket"]
+__all__ = ["MIN_READ", "READ_SIZE", "Buffers", "Pump", "Tunnel", "Tunnels", "tune_socket"]
 
 # One read takes up to this much: large enough that a bulk transfer costs few Python calls
 # per megabyte (loopback socket buffers hold a few MiB), small enough to stay in cache.
@@ -88,9 +93,12 @@ class Buffers:
 
 
 class Tunnel:
-    """Both pumps of one tunnel, and the callback to run once both have closed."""
+    """Both pumps of one tunnel, and the callback to run once both have closed.
 
-    __slots__ = ("client", "on_closed", "open_sides", "upstream")
+    ``moved`` and ``since`` are the `Tunnels` sweep's: the bytes moved at the last sweep
+    and the loop time they last changed; ``idle`` says the sweep aborted it."""
+
+    __slots__ = ("client", "idle", "moved", "on_closed", "open_sides", "since", "upstream")
 
     def __init__(self, on_closed: Callable[[Tunnel], None], buffers: Buffers) -> None:
         self.client = Pump(self, buffers)
@@ -99,12 +107,49 @@ class Tunnel:
         self.upstream.peer = self.client
         self.on_closed = on_closed
         self.open_sides = 2
+        self.moved = 0
+        self.since = 0.0
+        self.idle = False
+
+    @property
+    def sent(self) -> int:
+        """Bytes read from the client (sent upstream, or on their way)."""
+        return self.client.received
+
+    @property
+    def received(self) -> int:
+        """Bytes read from the upstream (sent to the client, or on their way)."""
+        return self.upstream.received
 
     def close(self) -> None:
         """Close both sockets, flushing what is buffered."""
         for pump in (self.client, self.upstream):
             if pump.transport is not None:
                 pump.transport.close()
+
+    def abort(self) -> None:
+        """Close both sockets now, dropping what is buffered (close() would wait on a
+        reader that never reads)."""
+        for pump in (self.client, self.upstream):
+            if pump.transport is not None:
+                pump.transport.abort()
+
+    def relay(self, client: asyncio.Transport, first: bytes) -> None:
+        """Relay between ``client`` (until now another protocol's) and the upstream, whose
+        transport the upstream pump has; ``first`` (the client's early data) goes upstream
+        before anything else. Reading the client resumes once the upstream took it all."""
+        upstream = self.upstream.transport
+        assert upstream is not None
+        pump = self.client
+        pump.connection_made(client)  # adopts it and sets its flow control
+        client.set_protocol(pump)
+        if first:
+            pump.received += len(first)
+            upstream.write(first)
+        # If the destination did not take the first bytes whole, the write paused the
+        # client: the upstream pump's resume_writing resumes it, not us.
+        if not upstream.get_write_buffer_size():
+            client.resume_reading()
 
     def _side_closed(self) -> None:
         self.open_sides -= 1
@@ -218,3 +263,50 @@ class Pump(asyncio.BufferedProtocol):
         if peer is not None:
             peer.close()
         self.tunnel._side_closed()
+
+
+class Tunnels:
+    """The open tunnels of one process: what the server asks of the relay as a whole."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: set[Tunnel] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __contains__(self, tunnel: Tunnel) -> bool:
+        return tunnel in self._open
+
+    def add(self, tunnel: Tunnel, now: float) -> None:
+        tunnel.moved, tunnel.since = 0, now
+        self._open.add(tunnel)
+
+    def remove(self, tunnel: Tunnel) -> bool:
+        """Forget a closed tunnel; False when it was not open (or forgotten already)."""
+        if tunnel not in self._open:
+            return False
+        self._open.discard(tunnel)
+        return True
+
+    def sweep(self, now: float, timeout: float) -> int:
+        """Abort the tunnels that moved no byte for ``timeout`` seconds (they are marked
+        ``idle``); returns how many. O(open tunnels)."""
+        aborted = 0
+        for tunnel in list(self._open):
+            moved = tunnel.client.received + tunnel.upstream.received
+            if moved != tunnel.moved:
+                tunnel.moved, tunnel.since = moved, now
+            elif now - tunnel.since >= timeout and not tunnel.idle:
+                tunnel.idle = True
+                tunnel.abort()
+                aborted += 1
+        return aborted
+
+    def cut(self) -> int:
+        """Abort every open tunnel; returns how many there were."""
+        count = len(self._open)
+        for tunnel in list(self._open):
+            tunnel.abort()
+        return count

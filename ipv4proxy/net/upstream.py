@@ -96,6 +96,16 @@ class Upstream:
             upstream.dialer = self.dialer
         return upstream
 
+    def route_now(self, destination: Destination) -> Route | None:
+        """The route of ``destination`` when it needs no lookup (an IPv4 literal), without
+        a coroutine: the usual case for a sidecar. None for a name: `resolve` it."""
+        if destination.kind is not HostKind.IPV4:
+            return None
+        host, port = destination.host, destination.port
+        addresses = (host,)
+        chosen = matching(self.parents, host, addresses, port) if self.parents else ()
+        return Route(host, port, addresses, chosen, literal=True)
+
     async def resolve(self, destination: Destination) -> Route:
         """The route of ``destination``. Raises ResolveError."""
         literal = destination.kind is HostKind.IPV4
