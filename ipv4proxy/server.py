@@ -52,7 +52,7 @@ from ipv4proxy.net.forward import PROTOCOL as FORWARD_PROTOCOL
 from ipv4proxy.net.forward import ForwardTunnel
 from ipv4proxy.net.relay import Buffers, Pump, Tunnel, Tunnels, tune_socket
 from ipv4proxy.net.resolver import Resolver
-from ipv4proxy.net.upstream import DIRECT, Connection, Route, Upstream
+from ipv4proxy.net.upstream import DIRECT, Connection, Upstream
 from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import Destination, Forward, Send
 from ipv4proxy.protocols.forward import ForwardFramer, OriginRequest
@@ -578,28 +578,15 @@ class Client(asyncio.Protocol):
                 return
             if dial.addresses is not route.addresses:
                 route = dataclasses.replace(route, addresses=dial.addresses)
-            ledger.address = route.addresses[0]  # the one the loop connects to, if only one
-            await self._connect(route, pump, ledger)
+            # The access line's address: the one dialled when there is one and no parent
+            # (known before the relay starts); else what the race or the parent reached.
+            ledger.address = route.addresses[0]
+            connection = await upstream.connect(route, pump)
+            ledger.address, ledger.via = connection.address, connection.via
         except ProxyError as exc:
             self._run(session.failed(exc))
         finally:
             pump.on_made = None
-
-    async def _connect(self, route: Route, pump: Pump, ledger: _Ledger | None = None) -> Connection:
-        upstream = await self.upstream.connect(route, pump)
-        sock = upstream.sock
-        if sock is not None:  # a race of several addresses, or through a parent
-            if ledger is not None:
-                ledger.address, ledger.via = upstream.address, upstream.via
-            try:
-                if self.transport.is_closing():
-                    sock.close()
-                    return upstream
-                await self.proxy.loop.create_connection(lambda: pump, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-        return upstream
 
     def _opened(self, task: asyncio.Task[None]) -> None:
         """A tunnel set-up that died of something unexpected (an OSError making the
@@ -664,7 +651,7 @@ class Client(asyncio.Protocol):
         addresses = self.session.allowed_addresses(route)
         if addresses is not route.addresses:
             route = dataclasses.replace(route, addresses=addresses)
-        return await self._connect(route, pump)
+        return await upstream.connect(route, pump)
 
     def forward_opened(self, tunnel: Tunnel, seconds: float) -> None:
         self.proxy.tunnel_opened(self, tunnel, FORWARD_PROTOCOL, seconds)  # ops

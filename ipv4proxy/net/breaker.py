@@ -5,7 +5,8 @@ No I/O: time comes from an injected monotonic clock.
 Rules:
 - `Memory`: per name, the address that last connected; `order()` puts it first and keeps
   the rest in DNS order.
-- `Breaker`: per endpoint (``address:port``), consecutive connect failures. At
+- `Breaker`: per endpoint (an `Endpoint`: IPv4 address and port), consecutive connect
+  failures. At
   ``threshold`` the breaker opens: the endpoint is left out of races for ``cooldown``
   seconds, as long as the name has another endpoint that is not open (a name whose every
   address is open still tries them all: skipping would only turn a slow answer into none).
@@ -18,18 +19,33 @@ Rules:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
-__all__ = ["TABLE_SIZE", "Breaker", "Memory"]
+__all__ = ["TABLE_SIZE", "Breaker", "Endpoint", "Memory"]
 
 Clock = Callable[[], float]
 
 # Names and endpoints remembered; far above what one gateway talks to.
 TABLE_SIZE = 10000
 
+_Key = TypeVar("_Key", bound=Hashable)
 
-def _bounded_put(table: OrderedDict[str, object], key: str, value: object) -> None:
+
+class Endpoint(NamedTuple):
+    """An IPv4 address and a port: what one connect attempt goes to, and what a breaker
+    counts. Written ``address:port``. (A tuple: as cheap to make and hash as the string
+    it replaces, and never parsed back.)"""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def _bounded_put(table: OrderedDict[_Key, object], key: _Key, value: object) -> None:
     table[key] = value
     table.move_to_end(key)
     while len(table) > TABLE_SIZE:
@@ -66,25 +82,25 @@ class Breaker:
         self._threshold = threshold
         self._cooldown = cooldown
         self._clock = clock
-        self._states: OrderedDict[str, object] = OrderedDict()
+        self._states: OrderedDict[Hashable, object] = OrderedDict()
 
-    def _state(self, key: str) -> _State | None:
+    def _state(self, key: Hashable) -> _State | None:
         state = self._states.get(key)
         return state if isinstance(state, _State) else None
 
-    def is_open(self, key: str) -> bool:
+    def is_open(self, key: Hashable) -> bool:
         """Tell whether ``key`` is skipped now (open, cooldown still running)."""
         state = self._state(key)
         return state is not None and self._clock() < state.open_until
 
-    def state(self, key: str) -> str:
+    def state(self, key: Hashable) -> str:
         """``closed``, ``open`` or ``half-open`` (for logs and tests)."""
         state = self._state(key)
         if state is None or state.failures < self._threshold:
             return "closed"
         return "open" if self._clock() < state.open_until else "half-open"
 
-    def failure(self, key: str) -> bool:
+    def failure(self, key: Hashable) -> bool:
         """Count a connect failure; returns True when this failure opened the breaker.
 
         A failure while already open (tried because every address was open) extends the
@@ -100,12 +116,12 @@ class Breaker:
             return not was_open
         return False
 
-    def success(self, key: str) -> bool:
+    def success(self, key: Hashable) -> bool:
         """Forget ``key``'s failures; returns True when this closed an opened breaker."""
         state = self._states.pop(key, None)
         return isinstance(state, _State) and state.failures >= self._threshold
 
-    def select(self, keys: Sequence[str]) -> list[str]:
+    def select(self, keys: Sequence[_Key]) -> list[_Key]:
         """The keys to try now: those not open, or all of them when every one is open."""
         usable = [key for key in keys if not self.is_open(key)]
         return usable or list(keys)

@@ -16,7 +16,11 @@ Rules (RFC 8305 section 5):
   connect and handshake): the race, the timeout and the error report are the same.
 
 `Dialer` adds memory (``breaker``): per name the address that last connected goes first,
-and an address whose breaker is open sits out while the name has others.
+and an address whose breaker is open sits out while the name has others. Its one way to
+a relay-ready upstream is `Dialer.connect`, which always gives the transport of the
+protocol it is handed (one address: connected and made in one step; several: raced, and
+the winner's socket wrapped); `Dialer.dial` races for a socket (a parent proxy's
+handshake runs on it before it is wrapped).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from typing import Any, NoReturn, Protocol, cast
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, Failure, ProxyError, UpstreamTimeout, failure_for_errno
 from ipv4proxy.log import event
-from ipv4proxy.net.breaker import Breaker, Clock, Memory
+from ipv4proxy.net.breaker import Breaker, Clock, Endpoint, Memory
 
-__all__ = ["Attempt", "Dialer", "Opening", "dial"]
+__all__ = ["Attempt", "Dialer", "Opening", "adopt", "dial"]
 
 log = logging.getLogger("ipv4proxy.dialer")
 
@@ -219,9 +223,7 @@ async def dial(
     """
     for address in addresses:
         _require_ipv4(address)
-    target = f"{name}:{port}" if name else f"port {port}"
-    if via:
-        target += f" via parent {via}"
+    target = _target(name, port, via)
     if len(addresses) == 1:
         return await _dial_one(
             addresses[0], port, config, target, connect=connect, on_attempt=on_attempt
@@ -265,11 +267,7 @@ async def dial(
         if on_attempt is not None:
             for address, error in pending:
                 on_attempt(address, error)
-        raise UpstreamTimeout(
-            f"connect to {target} timed out after {config.connect_timeout:g} s"
-            f" ({_describe(attempts)})",
-            attempts=attempts,
-        ) from None
+        raise _timeout_error(target, config, attempts) from None
     finally:
         for task in running:
             task.cancel()
@@ -332,12 +330,24 @@ def _one_failed(
         on_attempt(address, error)
     attempts = ((address, error),)
     if expired:
-        raise UpstreamTimeout(
-            f"connect to {target} timed out after {config.connect_timeout:g} s"
-            f" ({_describe(attempts)})",
-            attempts=attempts,
-        ) from None
+        raise _timeout_error(target, config, attempts) from None
     raise _dial_error(target, attempts) from None
+
+
+def _target(name: str, port: int, via: str = "") -> str:
+    """The destination as an error names it: ``name:port [via parent P]``."""
+    target = f"{name}:{port}" if name else f"port {port}"
+    return f"{target} via parent {via}" if via else target
+
+
+def _timeout_error(
+    target: str, config: DialerConfig, attempts: tuple[tuple[str, OSError], ...]
+) -> UpstreamTimeout:
+    """The error of a race that connect_timeout ended."""
+    return UpstreamTimeout(
+        f"connect to {target} timed out after {config.connect_timeout:g} s ({_describe(attempts)})",
+        attempts=attempts,
+    )
 
 
 def _dial_error(target: str, attempts: tuple[tuple[str, OSError], ...]) -> DialError:
@@ -381,15 +391,15 @@ class Dialer:
             chosen: Sequence[str] = addresses
         else:
             ordered = self.memory.order(name, addresses)
-            usable = set(self.breaker.select([f"{a}:{port}" for a in ordered]))
-            chosen = [a for a in ordered if f"{a}:{port}" in usable]
+            usable = set(self.breaker.select([Endpoint(a, port) for a in ordered]))
+            chosen = [a for a in ordered if Endpoint(a, port) in usable]
             if len(chosen) < len(ordered):
                 skipped = [a for a in ordered if a not in chosen]
                 log.debug("%s: skipping %s (breaker open)", name, ", ".join(skipped))
 
         def report(address: str, error: OSError | None) -> None:
             if track:
-                self._report(name, f"{address}:{port}", error)
+                self._report(name, Endpoint(address, port), error)
 
         sock, address = await dial(
             chosen, port, self.config, name=name, via=via, connect=connect, on_attempt=report
@@ -397,51 +407,67 @@ class Dialer:
         self.memory.connected(name, address)
         return sock, address
 
-    async def dial_transport(
-        self, name: str, address: str, port: int, protocol: Opening
-    ) -> asyncio.Transport:
-        """`dial` of one address, direct, making the transport for ``protocol`` in the same
-        step (`_transport_connect`): the same reports, breaker, memory and errors, with the
-        transport instead of a socket. ``protocol``'s connection_made runs before this
-        returns, and the transport reads from then on. Raises as `dial()`."""
+    async def connect(
+        self, name: str, addresses: Sequence[str], port: int, protocol: Opening
+    ) -> tuple[asyncio.Transport, str]:
+        """Connect directly to the first of ``addresses`` of ``name`` that answers on
+        ``port``, with the transport made for ``protocol``; returns it and the address.
+
+        One address (most destinations) connects and makes the transport in one step
+        (`_transport_connect`); several race as in `dial` and the winner is wrapped. Either
+        way ``protocol``'s connection_made has run before this returns, and the transport
+        reads from then on; the reports, breaker, memory and errors are `dial`'s. Raises as
+        `dial()`."""
+        if len(addresses) != 1:
+            sock, address = await self.dial(name, addresses, port)
+            return await adopt(sock, protocol), address
+        address = addresses[0]
         _require_ipv4(address)
-        target = f"{name}:{port}" if name else f"port {port}"
         try:
             transport = await _transport_connect(
                 address, port, self.config.connect_timeout, protocol
             )
         except Exception as exc:  # as dial() takes any attempt's exception
+
+            def report(address: str, error: OSError | None) -> None:
+                self._report(name, Endpoint(address, port), error)
+
             _one_failed(
-                address,
-                self.config,
-                target,
-                exc,
-                expired=False,
-                on_attempt=self._attempt_hook(name, port),
+                address, self.config, _target(name, port), exc, expired=False, on_attempt=report
             )
-        self._report(name, f"{address}:{port}", None)
+        self._report(name, Endpoint(address, port), None)
         self.memory.connected(name, address)
-        return transport
+        return transport, address
 
-    def _attempt_hook(self, name: str, port: int) -> AttemptHook:
-        return lambda address, error: self._report(name, f"{address}:{port}", error)
-
-    def _report(self, name: str, key: str, error: OSError | None) -> None:
-        """Tell the breaker how an attempt on ``key`` (address:port) of ``name`` ended."""
+    def _report(self, name: str, key: Endpoint, error: OSError | None) -> None:
+        """Tell the breaker how an attempt on ``key`` of ``name`` ended."""
         if error is None:
             if self.breaker.success(key):
-                event(log, "breaker_closed", endpoint=key, host=name)
+                event(log, "breaker_closed", endpoint=str(key), host=name)
         elif not isinstance(error, ProxyError) and self.breaker.failure(key):
             # A parent's answer about the destination is not the parent's failure.
             event(
                 log,
                 "breaker_open",
                 logging.WARNING,
-                endpoint=key,
+                endpoint=str(key),
                 host=name,
                 cooldown_s=self.config.breaker_cooldown,
                 error=_errno_name(error),
             )
+
+
+async def adopt(sock: socket.socket, protocol: Opening) -> asyncio.Transport:
+    """The transport of connected ``sock`` for ``protocol`` (its connection_made has run
+    when this returns); ``sock`` is closed if that fails. Raises OSError."""
+    loop = asyncio.get_running_loop()
+    factory = cast(_Factory, lambda: protocol)
+    try:
+        transport, _ = await loop.create_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport
 
 
 def _describe(attempts: Sequence[tuple[str, OSError]]) -> str:

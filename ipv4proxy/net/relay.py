@@ -182,8 +182,9 @@ class Pump(asyncio.BufferedProtocol):
         self.received = 0
         self.eof = False
         self.held = 0
-        # Run once when the transport is adopted, before the loop reads from it (the server
-        # wires the tunnel there when the loop makes the upstream transport itself).
+        # Run once when the transport is adopted, before the loop reads from it: the
+        # server's "upstream connected", where it starts the relay (`Tunnel.relay`), so
+        # the success reply goes out before any upstream byte can.
         self.on_made: Callable[[asyncio.Transport], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

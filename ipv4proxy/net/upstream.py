@@ -1,12 +1,14 @@
-"""The upstream layer: from a destination to a connected AF_INET socket, direct or via a parent.
+"""The upstream layer: from a destination to a connected AF_INET transport, direct or via a
+parent.
 
-Two steps, so that a policy can look between them:
+Two steps, so that the session can look between them:
 
-    route = await upstream.resolve(destination)   # names -> IPv4 addresses, parent choice
-    route = check(route)                          # a policy drops addresses, or raises
-    conn = await upstream.connect(route)          # race; conn.sock, conn.address, conn.via
+    route = upstream.route_now(destination) or await upstream.resolve(destination)
+    # ... the session narrows route.addresses by policy, or refuses ...
+    conn = await upstream.connect(route, protocol)  # conn.transport, .address, .via
 
-`open(destination, check)` does all three. Rules:
+`connect` is the one way to an upstream: whichever way it was reached (one address, a
+race, a parent), it gives the transport made for ``protocol``. Rules:
 
 - Names are resolved A-only (``resolver``); IPv4 literals are taken as they are.
 - Direct: the destination's addresses race (``dialer.Dialer``: memory, breaker, one
@@ -26,19 +28,18 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipv4proxy.config import Config
 from ipv4proxy.errors import DialError, ResolveError, UpstreamError, UpstreamTimeout
-from ipv4proxy.net.breaker import Clock
-from ipv4proxy.net.dialer import Dialer, Opening
+from ipv4proxy.net.breaker import Clock, Endpoint
+from ipv4proxy.net.dialer import Dialer, Opening, adopt
 from ipv4proxy.net.parents import Parent, ParentUnreachable, matching, parents_of
 from ipv4proxy.net.resolver import Resolver
 from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.events import Destination
 
-__all__ = ["DIRECT", "Connection", "Route", "RouteCheck", "Upstream"]
+__all__ = ["DIRECT", "Connection", "Route", "Upstream"]
 
 DIRECT = "direct"
 
@@ -62,19 +63,12 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """A connected upstream: a socket, or (when the caller passed a protocol and one address
-    was dialled directly) the protocol's ``transport``; ``via`` is ``direct`` or the parent's
-    label."""
+    """A connected upstream: the transport of the protocol `Upstream.connect` was given, the
+    destination address it reached, and ``via``: ``direct`` or the parent's label."""
 
-    sock: socket.socket | None
+    transport: asyncio.Transport
     address: str
     via: str = DIRECT
-    transport: asyncio.Transport | None = None
-
-
-# Looks at a route before anything is dialled: returns the route to take (a policy may drop
-# addresses), or raises a ProxyError (PolicyDenied) to refuse.
-RouteCheck = Callable[[Route], Route]
 
 
 class Upstream:
@@ -120,19 +114,15 @@ class Upstream:
         chosen = matching(self.parents, destination.host, addresses, destination.port)
         return Route(destination.host, destination.port, addresses, chosen, literal, resolved)
 
-    async def connect(self, route: Route, protocol: Opening | None = None) -> Connection:
-        """Connect along ``route``. With ``protocol``, a route of one address and no parent
-        gives its transport for that protocol, not a socket (`Dialer.dial_transport`).
-        Raises DialError, UpstreamTimeout or UpstreamError."""
+    async def connect(self, route: Route, protocol: Opening) -> Connection:
+        """Connect along ``route``, with the transport made for ``protocol`` (its
+        connection_made has run when this returns). Raises DialError, UpstreamTimeout or
+        UpstreamError; OSError if the connected socket cannot be made a transport."""
         if not route.parents:
-            if protocol is not None and len(route.addresses) == 1:
-                address = route.addresses[0]
-                transport = await self.dialer.dial_transport(
-                    route.host, address, route.port, protocol
-                )
-                return Connection(None, address, transport=transport)
-            sock, address = await self.dialer.dial(route.host, route.addresses, route.port)
-            return Connection(sock, address)
+            transport, address = await self.dialer.connect(
+                route.host, route.addresses, route.port, protocol
+            )
+            return Connection(transport, address)
         errors: list[UpstreamError] = []
         for parent, parent_address in await self._parent_endpoints(route.parents, errors):
             try:
@@ -142,34 +132,8 @@ class Upstream:
                 if all(isinstance(e, ParentUnreachable) for _, e in exc.attempts):
                     continue  # this parent is down: the next one may not be
                 raise
-            return Connection(sock, address, parent.label)
+            return Connection(await adopt(sock, protocol), address, parent.label)
         raise _all_down(route, errors)
-
-    async def open(
-        self,
-        destination: Destination,
-        check: RouteCheck | None = None,
-        protocol: Opening | None = None,
-    ) -> Connection:
-        """Resolve, let ``check`` see the route, connect (``protocol``: as `connect`).
-        Raises ProxyError."""
-        if not self.parents and destination.kind is HostKind.IPV4:
-            # The usual case for a sidecar, in one coroutine frame instead of three:
-            # exactly what resolve() and connect() do for a literal with no parents.
-            route = Route(destination.host, destination.port, (destination.host,), literal=True)
-            if check is not None:
-                route = check(route)
-            if protocol is not None and not route.parents and len(route.addresses) == 1:
-                address = route.addresses[0]
-                transport = await self.dialer.dial_transport(
-                    route.host, address, route.port, protocol
-                )
-                return Connection(None, address, transport=transport)
-            return await self.connect(route, protocol)
-        route = await self.resolve(destination)
-        if check is not None:
-            route = check(route)
-        return await self.connect(route, protocol)
 
     async def close(self) -> None:
         await self.resolver.close()
@@ -188,7 +152,7 @@ class Upstream:
             ordered = self.dialer.memory.order(parent.host, addresses)
             endpoints += [(parent, address) for address in ordered]
         breaker = self.dialer.breaker
-        return sorted(endpoints, key=lambda e: breaker.is_open(f"{e[1]}:{e[0].port}"))
+        return sorted(endpoints, key=lambda e: breaker.is_open(Endpoint(e[1], e[0].port)))
 
     async def _addresses_of(self, host: str) -> tuple[str, ...]:
         try:
@@ -199,7 +163,7 @@ class Upstream:
     async def _via(
         self, parent: Parent, parent_address: str, route: Route
     ) -> tuple[socket.socket, str]:
-        endpoint = f"{parent_address}:{parent.port}"
+        endpoint = Endpoint(parent_address, parent.port)
         breaker = self.dialer.breaker
         timeout = self.config.dialer.connect_timeout
 

@@ -79,7 +79,8 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
-    """SOCKS5 user/password (RFC 1929) to check; answer with ``auth_result(ok)``."""
+    """SOCKS5 user/password (RFC 1929) to check: good ones are answered with the
+    handshake's ``authenticated()``, bad ones with its ``error_reply``."""
 
     username: str
     password: str = field(repr=False)

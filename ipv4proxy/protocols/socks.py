@@ -132,7 +132,7 @@ class Socks5Handshake:
             return self._auth()
         if self._phase is _Phase.REQUEST:
             return self._request()
-        return None  # AUTH_WAIT: until auth_result(); DONE: never
+        return None  # AUTH_WAIT: until authenticated(); DONE: never
 
     def _greeting(self) -> Event | None:
         buf = self._buf

@@ -15,6 +15,7 @@ import pytest
 from helpers.net import black_hole_beside_listener, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, UpstreamTimeout
+from ipv4proxy.net.breaker import Endpoint
 from ipv4proxy.net.dialer import Dialer, tcp_connect
 
 FAST = DialerConfig(
@@ -72,7 +73,7 @@ async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.s
         sock, _ = await dialer.dial(f"n{index}.test", addresses, port, connect=recorder)
         sock.close()
         assert recorder.tried == addresses
-    assert dialer.breaker.state(f"127.0.0.3:{port}") == "open"
+    assert dialer.breaker.state(Endpoint("127.0.0.3", port)) == "open"
 
     skipped = Recorder()
     sock, _ = await dialer.dial("n3.test", addresses, port, connect=skipped)
@@ -84,7 +85,7 @@ async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.s
     sock, _ = await dialer.dial("n4.test", addresses, port, connect=retried)
     sock.close()
     assert retried.tried == addresses
-    assert dialer.breaker.state(f"127.0.0.3:{port}") == "open"
+    assert dialer.breaker.state(Endpoint("127.0.0.3", port)) == "open"
 
     clock.now += 30
     revived = socket.socket()
@@ -95,7 +96,7 @@ async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.s
         sock, address = await dialer.dial("n5.test", addresses, port, connect=recorder)
         sock.close()
     assert address == "127.0.0.3"
-    assert dialer.breaker.state(f"127.0.0.3:{port}") == "closed"
+    assert dialer.breaker.state(Endpoint("127.0.0.3", port)) == "closed"
 
 
 async def test_black_hole_opens_and_then_costs_nothing() -> None:
@@ -113,7 +114,7 @@ async def test_black_hole_opens_and_then_costs_nothing() -> None:
         for index in range(3):
             with pytest.raises(UpstreamTimeout):
                 await dialer.dial(f"h{index}.test", addresses, hole.port)
-        assert dialer.breaker.state(f"127.0.0.1:{hole.port}") == "open"
+        assert dialer.breaker.state(Endpoint("127.0.0.1", hole.port)) == "open"
         recorder = Recorder()
         sock, address = await dialer.dial("h3.test", addresses, hole.port, connect=recorder)
         sock.close()
@@ -129,7 +130,7 @@ async def test_a_name_whose_every_address_is_open_still_tries_them() -> None:
         port = refusing.getsockname()[1]
         with pytest.raises(DialError):
             await dialer.dial("only.test", ["127.0.0.1"], port)
-        assert dialer.breaker.state(f"127.0.0.1:{port}") == "open"
+        assert dialer.breaker.state(Endpoint("127.0.0.1", port)) == "open"
         recorder = Recorder()
         with pytest.raises(DialError):
             await dialer.dial("only.test", ["127.0.0.1"], port, connect=recorder)

@@ -13,6 +13,7 @@ import pytest
 from helpers.net import black_hole_beside_listener, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, Failure, UpstreamTimeout
+from ipv4proxy.net.breaker import Endpoint
 from ipv4proxy.net.dialer import Dialer, dial
 
 FAST = DialerConfig(attempt_delay=0.05, connect_timeout=2.0)
@@ -108,7 +109,7 @@ async def test_rejects_anything_but_ipv4_literals() -> None:
 
 
 class Recording(asyncio.Protocol):
-    """A protocol for Dialer.dial_transport: what it saw, in order."""
+    """A protocol for Dialer.connect: what it saw, in order."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -128,7 +129,7 @@ async def test_dial_transport_makes_the_protocols_transport(listener: socket.soc
     port = listener.getsockname()[1]
     dialer = Dialer(FAST)
     protocol = Recording()
-    transport = await dialer.dial_transport("name.test", "127.0.0.1", port, protocol)
+    transport, _ = await dialer.connect("name.test", ["127.0.0.1"], port, protocol)
     try:
         assert protocol.transport is transport
         assert protocol.seen == ["made"]
@@ -144,12 +145,12 @@ async def test_dial_transport_refused_names_the_errno_and_counts_for_the_breaker
     dialer = Dialer(DialerConfig(connect_timeout=2.0, breaker_failures=1))
     protocol = Recording()
     with pytest.raises(DialError) as caught:
-        await dialer.dial_transport("name.test", "127.0.0.1", port, protocol)
+        await dialer.connect("name.test", ["127.0.0.1"], port, protocol)
     assert caught.value.failure is Failure.REFUSED
     assert "connect to name.test:" in str(caught.value)
     assert "127.0.0.1: ECONNREFUSED" in str(caught.value)
     assert [e.errno for _, e in caught.value.attempts] == [errno.ECONNREFUSED]
-    assert dialer.breaker.is_open(f"127.0.0.1:{port}")
+    assert dialer.breaker.is_open(Endpoint("127.0.0.1", port))
     assert protocol.seen == []
 
 
@@ -158,7 +159,7 @@ async def test_dial_transport_black_hole_times_out_and_leaves_the_task_uncancell
 ) -> None:
     dialer = Dialer(DialerConfig(connect_timeout=0.3))
     with pytest.raises(UpstreamTimeout) as caught:
-        await dialer.dial_transport("name.test", "127.0.0.1", black_hole, Recording())
+        await dialer.connect("name.test", ["127.0.0.1"], black_hole, Recording())
     assert caught.value.failure is Failure.TIMEOUT
     assert "timed out after 0.3 s (127.0.0.1: ETIMEDOUT)" in str(caught.value)
     task = asyncio.current_task()
@@ -170,9 +171,7 @@ async def test_dial_transport_cancelled_from_outside_stays_cancelled(black_hole:
     """A cancel that is not the deadline's (the client left) is not turned into a timeout."""
     dialer = Dialer(FAST)
     protocol = Recording()
-    task = asyncio.create_task(
-        dialer.dial_transport("name.test", "127.0.0.1", black_hole, protocol)
-    )
+    task = asyncio.create_task(dialer.connect("name.test", ["127.0.0.1"], black_hole, protocol))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
