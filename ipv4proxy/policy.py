@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from ipv4proxy.config import Config, env_name, flag_name
 from ipv4proxy.errors import Failure, PolicyDenied
 from ipv4proxy.protocols import Destination, HostKind, ProtocolKind
-from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports, parse_user_line
+from ipv4proxy.rules import parse_cidr, parse_domain, parse_ports, parse_user_line
 
 __all__ = ["SPECIAL_RANGES", "Decision", "Policy", "require"]
 
@@ -134,8 +134,8 @@ class Policy:
         self._allow_cidrs = _networks("policy.allow_cidrs", policy.allow_cidrs)
         self._deny_cidrs = _networks("policy.deny_cidrs", policy.deny_cidrs)
         self._open_cidrs = _networks("policy.open_cidrs", policy.open_cidrs)
-        self._allow_domains = tuple(policy.allow_domains)
-        self._deny_domains = tuple(policy.deny_domains)
+        self._allow_domains = tuple(parse_domain(text) for text in policy.allow_domains)
+        self._deny_domains = tuple(parse_domain(text) for text in policy.deny_domains)
         self._clients = tuple(
             _networks(f"listeners[{index}].clients", listener.clients)
             for index, listener in enumerate(config.listeners)
@@ -240,14 +240,14 @@ class Policy:
     def _domain(self, name: str, target: str) -> Decision:
         """``policy.deny_domains``, then ``policy.allow_domains``, for ``name``."""
         for index, pattern in enumerate(self._deny_domains):
-            if domain_matches(name, pattern):
-                rule = f"policy.deny_domains[{index}] {pattern}"
+            if pattern.matches(name):
+                rule = f"policy.deny_domains[{index}] {pattern.text}"
                 return Decision(False, rule, f"{target} is refused by {rule}")
         if not self._allow_domains:
             return ALLOWED
         for index, pattern in enumerate(self._allow_domains):
-            if domain_matches(name, pattern):
-                return Decision(True, f"policy.allow_domains[{index}] {pattern}")
+            if pattern.matches(name):
+                return Decision(True, f"policy.allow_domains[{index}] {pattern.text}")
         rule = "policy.allow_domains"
         return Decision(False, rule, f"{target} matches no name in {rule}")
 

@@ -5,11 +5,14 @@ Job: turn the strings an operator writes (``443``, ``8000-8100``, ``10.0.0.0/8``
 config checks call these so a bad rule stops the start with the key's path; the policy
 builds its tables with them.
 
-Rules: pure functions, no I/O. Each ``*_problem`` function returns None for good input or
-a short message ("expected ...") that the config prefixes with the key's path. Networks
-are IPv4 only: this proxy never dials anything else. A domain pattern is either a name
-(``whatsapp.net``: that name only) or ``*.`` and a name (``*.whatsapp.net``: every name
-below it, not the name itself), matched case-insensitively.
+Rules: pure functions and values, no I/O. A value is parsed once (`parse_ports`,
+`parse_cidr`, `parse_domain`) and used as it is by the policy and the parents: a domain
+pattern is a `DomainPattern`, matched without re-reading its text. Each ``*_problem``
+function returns None for good input or a short message ("expected ...") that the
+config prefixes with the key's path. Networks are IPv4 only: this proxy never dials
+anything else. A domain pattern is either a name (``whatsapp.net``: that name only) or
+``*.`` and a name (``*.whatsapp.net``: every name below it, not the name itself),
+matched case-insensitively.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 __all__ = [
+    "DomainPattern",
     "cidr_problem",
     "domain_matches",
     "domain_problem",
     "is_loopback_host",
     "local_addresses",
     "parse_cidr",
+    "parse_domain",
     "parse_ports",
     "parse_user_line",
     "parse_users",
@@ -73,25 +79,46 @@ def cidr_problem(items: tuple[str, ...]) -> str | None:
     return None
 
 
-def _pattern_name(pattern: str) -> str:
-    return pattern.lower().rstrip(".").removeprefix("*.")
+@dataclass(frozen=True, slots=True)
+class DomainPattern:
+    """A parsed domain pattern: ``text`` as written (rules are named by it), and what it
+    matches: the name itself, or (``*.`` patterns) every name ending in ``suffix``."""
+
+    text: str
+    name: str
+    suffix: str  # ".whatsapp.net" for *.whatsapp.net; "" for an exact name
+
+    def matches(self, name: str) -> bool:
+        """Whether ``name`` (lower-case, no trailing dot) matches."""
+        if self.suffix:
+            return name.endswith(self.suffix)
+        return name == self.name
+
+
+def parse_domain(text: str) -> DomainPattern:
+    """``whatsapp.net`` or ``*.whatsapp.net`` (any case, a trailing dot allowed). Raises
+    ValueError."""
+    lowered = text.lower().rstrip(".")
+    below = lowered.startswith("*.")
+    name = lowered.removeprefix("*.")
+    labels = name.split(".")
+    if "*" in name or not name or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"expected a domain like whatsapp.net or *.whatsapp.net, got {text!r}")
+    return DomainPattern(text, name, "." + name if below else "")
 
 
 def domain_problem(items: tuple[str, ...]) -> str | None:
     for item in items:
-        name = _pattern_name(item)
-        labels = name.split(".")
-        if "*" in name or not name or not all(_LABEL.fullmatch(label) for label in labels):
-            return f"expected a domain like whatsapp.net or *.whatsapp.net, got {item!r}"
+        try:
+            parse_domain(item)
+        except ValueError as exc:
+            return str(exc)
     return None
 
 
 def domain_matches(name: str, pattern: str) -> bool:
-    """Whether ``name`` (lower-case, no trailing dot) matches ``pattern``."""
-    pattern = pattern.lower().rstrip(".")
-    if pattern.startswith("*."):
-        return name.endswith(pattern[1:])
-    return name == pattern
+    """Whether ``name`` (lower-case, no trailing dot) matches ``pattern`` (a checked one)."""
+    return parse_domain(pattern).matches(name)
 
 
 def parse_user_line(line: str) -> tuple[str, str]:

@@ -40,6 +40,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from typing import cast
 
 from ipv4proxy.config import Config
@@ -507,7 +508,7 @@ class Client(asyncio.Protocol):
 
     # carrying out commands
 
-    def _run(self, commands: list[Command]) -> None:
+    def _run(self, commands: Sequence[Command]) -> None:
         transport = self.transport
         if transport.is_closing():
             return  # the client is gone: nothing to answer, nobody to log for

@@ -28,7 +28,7 @@ from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from ipv4proxy.config import ParentConfig
 from ipv4proxy.errors import Failure, Socks5Reply, UpstreamError, failure_for_errno
-from ipv4proxy.rules import domain_matches, parse_cidr, parse_ports
+from ipv4proxy.rules import DomainPattern, parse_cidr, parse_domain, parse_ports
 
 __all__ = ["Parent", "ParentUnreachable", "matching", "parents_of"]
 
@@ -66,7 +66,7 @@ class Parent:
     port: int
     username: str | None
     password: str | None
-    domains: tuple[str, ...]
+    domains: tuple[DomainPattern, ...]
     networks: tuple[ipaddress.IPv4Network, ...]
     ports: frozenset[int]
 
@@ -83,7 +83,7 @@ class Parent:
             port=parts.port or 0,
             username=urllib.parse.unquote(parts.username) if parts.username else None,
             password=urllib.parse.unquote(parts.password) if parts.password else None,
-            domains=tuple(d.lower().rstrip(".") for d in config.domains),
+            domains=tuple(parse_domain(text) for text in config.domains),
             networks=tuple(parse_cidr(c) for c in config.cidrs),
             ports=parse_ports(config.ports),
         )
@@ -98,7 +98,7 @@ class Parent:
             return False
         if not self.domains and not self.networks:
             return True
-        if any(domain_matches(host, pattern) for pattern in self.domains):
+        if any(pattern.matches(host) for pattern in self.domains):
             return True
         return any(
             ipaddress.IPv4Address(address) in network

@@ -28,8 +28,9 @@ Rules:
   (FIN) and "reset" (RST) (``http.silenced``).
 - The session keeps the settings and rules it was made with: a reload changes what later
   connections get, never an open one.
-- Allocation matters (every tunnel passes here): commands are small slotted objects, the
-  common path of a CONNECT is three inputs and six commands.
+- Allocation matters (every tunnel passes here): commands are small slotted objects,
+  inputs with nothing to do return one shared empty tuple, and the common path of a
+  CONNECT is four inputs and four commands (OpenUpstream, Dial, Send, StartRelay).
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ class StartForward:
 
 Command = Send | Close | LogRefusal | OpenUpstream | Dial | StartRelay | StartForward
 
-# The relay start of a request with no early data (most): one object for all of them.
+# Nothing to do (most inputs while a request is incomplete), and the relay start of a
+# request with no early data (most): one object for all of them.
+_NOTHING: tuple[Command, ...] = ()
 _RELAY = StartRelay(b"")
 _CLOSE = Close()
 _RESET = Close(reset=True)
@@ -240,23 +243,23 @@ class Session:
 
     # --- inputs
 
-    def accepted(self) -> list[Command]:
+    def accepted(self) -> Sequence[Command]:
         """The connection was accepted: refused at once (no reply, not counted) when the
         client's address is outside the listener's ``clients``; else nothing to do yet."""
         verdict = self.rules.client(self.settings.listener, self.host)
         if verdict.allowed:
-            return []
+            return _NOTHING
         return self._refuse(verdict.error())
 
-    def over_limit(self, reason: str) -> list[Command]:
+    def over_limit(self, reason: str) -> Sequence[Command]:
         """The connection is over a connection limit: closed, no reply."""
         error = ProxyError(f"too many connections: {reason}", failure=Failure.TOO_MANY_CONNECTIONS)
         return self._refuse(error)
 
-    def received(self, data: bytes) -> list[Command]:
+    def received(self, data: bytes) -> Sequence[Command]:
         """Client bytes (never empty)."""
         if self._done or self._request is not None:
-            return []
+            return _NOTHING
         handshake = self._handshake
         if handshake is None:
             refusal = foreign(data[0])
@@ -272,7 +275,7 @@ class Session:
             self._handshake = handshake
         return self._act(handshake, handshake.feed(data))
 
-    def over_budget(self, held: int) -> list[Command]:
+    def over_budget(self, held: int) -> Sequence[Command]:
         """Taking this request's bytes would make the unfinished requests of the process
         hold more than ``limits.handshake_memory`` (they hold ``held`` now)."""
         budget = self.settings.handshake_memory
@@ -282,17 +285,17 @@ class Session:
         )
         return self._refuse(error)
 
-    def timed_out(self) -> list[Command]:
+    def timed_out(self) -> Sequence[Command]:
         """``limits.handshake_timeout`` ran out before the request was complete."""
         if self._done or self._request is not None:
-            return []
+            return _NOTHING
         timeout = self.settings.handshake_timeout
         error = ProtocolError(
             f"request not complete after {timeout:g} s", failure=Failure.HANDSHAKE_TIMEOUT
         )
         return self._refuse(error)
 
-    def resolved(self, route: RouteView) -> list[Command]:
+    def resolved(self, route: RouteView) -> Sequence[Command]:
         """The destination's route (after `OpenUpstream`): `Dial` what the rules allow."""
         try:
             addresses = self.allowed_addresses(route)
@@ -300,11 +303,11 @@ class Session:
             return self._refuse(error)
         return [Dial(addresses)]
 
-    def failed(self, error: ProxyError) -> list[Command]:
+    def failed(self, error: ProxyError) -> Sequence[Command]:
         """Resolving or dialling the destination failed."""
         return self._refuse(error)
 
-    def connected(self, address: str, port: int) -> list[Command]:
+    def connected(self, address: str, port: int) -> Sequence[Command]:
         """The upstream is connected, from the local ``address``:``port``: the success
         reply, then the relay (the reply goes before any upstream byte can)."""
         request = self._request
@@ -354,7 +357,7 @@ class Session:
 
     # --- inside
 
-    def _act(self, handshake: Handshake, events: list[Event]) -> list[Command]:
+    def _act(self, handshake: Handshake, events: list[Event]) -> Sequence[Command]:
         out: list[Command] = []
         pending = events
         index = 0
@@ -390,10 +393,10 @@ class Session:
                 pending, index = handshake.authenticated(), 0
         return out
 
-    def _refuse(self, error: ProxyError) -> list[Command]:
+    def _refuse(self, error: ProxyError) -> Sequence[Command]:
         """The handshake's answer for ``error`` (if any), the close and the log line."""
         if self._done:
-            return []
+            return _NOTHING
         self._done = True
         handshake = self._handshake
         log = LogRefusal(error, self.protocol, self.target)

@@ -160,10 +160,10 @@ def play(
 ) -> Played:
     """Accept, feed ``data``; when the session opens the upstream, resolve it to ``route``
     (by default the destination's own literal), then fail with ``failure`` or connect."""
-    commands = session.accepted()
+    commands = list(session.accepted())
     if commands:
         return Played(commands)
-    commands = session.received(data)
+    commands = list(session.received(data))
     opening = [c for c in commands if isinstance(c, OpenUpstream)]
     if not opening:
         return Played(commands)
@@ -219,8 +219,8 @@ def test_connect_opens_dials_replies_and_relays_the_early_data() -> None:
         StartRelay(b"\x16\x03\x01"),
     ]
     assert (session.protocol, session.target) == (ProtocolKind.HTTP_CONNECT, f"{ALLOWED_IP}:443")
-    assert session.received(b"more") == []  # the relay has the connection now
-    assert session.timed_out() == []
+    assert not session.received(b"more")  # the relay has the connection now
+    assert not session.timed_out()
 
 
 def test_socks5_greeting_request_and_success_reply() -> None:
@@ -259,7 +259,7 @@ def test_a_request_in_pieces_waits_and_is_the_same() -> None:
     data = s5_greeting(0) + s5_request(ALLOWED_IP, 443) + b"early"
     whole = play(make_session(), data).commands
     session = make_session()
-    assert session.accepted() == []
+    assert not session.accepted()
     pieces: list[Command] = []
     for index in range(len(data) - 6):
         assert session.waiting
@@ -445,8 +445,8 @@ def test_dns_busy_keeps_its_503_in_every_mode() -> None:
 )
 def test_foreign_first_byte(first: bytes, reply: bytes | None) -> None:
     session = make_session()
-    assert session.accepted() == []
-    played = Played(session.received(first))
+    assert not session.accepted()
+    played = Played(list(session.received(first)))
     assert played.cause == "MALFORMED"
     assert played.close == Close()
     if reply is None:
@@ -456,7 +456,7 @@ def test_foreign_first_byte(first: bytes, reply: bytes | None) -> None:
     else:
         assert played.sent.startswith(reply)
         assert b"the first byte 0x06 starts neither" in played.sent
-    assert session.received(b"more") == []
+    assert not session.received(b"more")
 
 
 @pytest.mark.parametrize(
@@ -476,7 +476,7 @@ def test_foreign_first_byte(first: bytes, reply: bytes | None) -> None:
 )
 def test_handshake_timeout(protocol: str, data: bytes, reply: bytes) -> None:
     session = make_session(users=(("u", "p"),) if "authentication" in protocol else ())
-    commands = session.accepted()
+    commands = list(session.accepted())
     if data:
         commands += session.received(data)
     commands += session.timed_out()
@@ -484,7 +484,7 @@ def test_handshake_timeout(protocol: str, data: bytes, reply: bytes) -> None:
     assert played.cause == "HANDSHAKE_TIMEOUT"
     assert played.sent.startswith(reply)
     assert "request not complete after 10 s" in str(played.refusal.error if played.refusal else "")
-    assert session.timed_out() == []  # refused once
+    assert not session.timed_out()  # refused once
 
 
 @pytest.mark.parametrize(
@@ -497,9 +497,9 @@ def test_handshake_timeout(protocol: str, data: bytes, reply: bytes) -> None:
 )
 def test_over_handshake_memory(data: bytes, reply: bytes) -> None:
     session = make_session()
-    commands = session.accepted() + session.received(data)
+    commands = [*session.accepted(), *session.received(data)]
     assert session.waiting
-    played = Played(commands + session.over_budget(16_000_000))
+    played = Played([*commands, *session.over_budget(16_000_000)])
     assert played.cause == "OVERLOADED"
     assert played.sent.startswith(reply)
     assert played.refusal is not None
@@ -515,8 +515,8 @@ def test_head_too_large() -> None:
 
 def test_too_many_connections_closes_with_no_reply() -> None:
     session = make_session()
-    assert session.accepted() == []
-    played = Played(session.over_limit("1000 connections open (limits.max_connections)"))
+    assert not session.accepted()
+    played = Played(list(session.over_limit("1000 connections open (limits.max_connections)")))
     assert played.commands[0] == Close()
     assert played.cause == "TOO_MANY_CONNECTIONS"
     assert played.sent == b""
@@ -530,13 +530,13 @@ def test_too_many_connections_closes_with_no_reply() -> None:
 def test_client_outside_the_listeners_clients_is_closed_at_accept() -> None:
     text = "listeners: [{host: 127.0.0.1, port: 3128, clients: [10.0.0.0/8]}]"
     session = make_session(text, host="192.168.1.1")
-    played = Played(session.accepted())
+    played = Played(list(session.accepted()))
     assert played.commands[0] == Close()
     assert played.cause == "DENIED"
     assert played.sent == b""
     assert played.refusal is not None
     assert "listeners[0].clients" in str(played.refusal.error)
-    assert make_session(text, host="10.1.2.3").accepted() == []
+    assert not make_session(text, host="10.1.2.3").accepted()
 
 
 USERS = (("alice", "s3cret"),)
