@@ -32,9 +32,14 @@ import yaml
 
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.rules import (
+    Cidr,
+    DomainPattern,
     cidr_problem,
     domain_problem,
     is_loopback_host,
+    parse_cidrs,
+    parse_domains,
+    parse_ports,
     port_problem,
     user_problem,
 )
@@ -51,7 +56,9 @@ __all__ = [
     "Listener",
     "LogConfig",
     "ParentConfig",
+    "ParentRules",
     "PolicyConfig",
+    "PolicyRules",
     "ResolverConfig",
     "changed_keys",
     "env_name",
@@ -78,6 +85,13 @@ def _setting(default: Any, help: str, check: Check | None = None, *, secret: boo
         value = default
         return field(default_factory=lambda: value, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+# The metadata of a field made from the settings of its dataclass once, in
+# ``__post_init__`` (after `load` checked them): the typed values the code uses as they
+# are. Declared ``field(init=False, repr=False, compare=False, metadata=_DERIVED)``: not a
+# setting (no YAML key, variable or flag), not shown, not compared.
+_DERIVED = {"derived": True}
 
 
 def _positive(value: float) -> str | None:
@@ -141,6 +155,11 @@ class Listener:
     clients: tuple[str, ...] = _setting(
         (), "client IPv4 CIDRs allowed to connect; empty: any", cidr_problem
     )
+    # clients, parsed
+    networks: tuple[Cidr, ...] = field(init=False, repr=False, compare=False, metadata=_DERIVED)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "networks", parse_cidrs(self.clients))
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +466,30 @@ class PolicyConfig:
         "special ranges opened (e.g. 127.0.0.0/8); unlike allow_cidrs, nothing else changes",
         cidr_problem,
     )
+    rules: PolicyRules = field(init=False, repr=False, compare=False, metadata=_DERIVED)
+
+    def __post_init__(self) -> None:
+        rules = PolicyRules(
+            ports=parse_ports(self.ports),
+            allow_domains=parse_domains(self.allow_domains),
+            deny_domains=parse_domains(self.deny_domains),
+            allow_cidrs=parse_cidrs(self.allow_cidrs),
+            deny_cidrs=parse_cidrs(self.deny_cidrs),
+            open_cidrs=parse_cidrs(self.open_cidrs),
+        )
+        object.__setattr__(self, "rules", rules)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRules:
+    """`PolicyConfig` parsed: what `policy.Policy` takes as it is."""
+
+    ports: frozenset[int]
+    allow_domains: tuple[DomainPattern, ...]
+    deny_domains: tuple[DomainPattern, ...]
+    allow_cidrs: tuple[Cidr, ...]
+    deny_cidrs: tuple[Cidr, ...]
+    open_cidrs: tuple[Cidr, ...]
 
 
 PARENT_SCHEMES = ("socks5", "socks4", "http")
@@ -480,6 +523,15 @@ def _parent_url(url: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ParentRules:
+    """`ParentConfig`'s destination rules parsed: what `net.parents.Parent` takes as it is."""
+
+    domains: tuple[DomainPattern, ...]
+    cidrs: tuple[Cidr, ...]
+    ports: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ParentConfig:
     """A parent proxy and the destinations sent through it.
 
@@ -504,6 +556,15 @@ class ParentConfig:
     ports: tuple[str, ...] = _setting(
         (), "destination ports or ranges (8000-8100); empty: every port", port_problem
     )
+    rules: ParentRules = field(init=False, repr=False, compare=False, metadata=_DERIVED)
+
+    def __post_init__(self) -> None:
+        rules = ParentRules(
+            domains=parse_domains(self.domains),
+            cidrs=parse_cidrs(self.cidrs),
+            ports=parse_ports(self.ports),
+        )
+        object.__setattr__(self, "rules", rules)
 
     def __repr__(self) -> str:  # never print a password, even in check-config
         return (
@@ -636,6 +697,8 @@ def iter_keys(
     """Every leaf key: (path, type, field). ``listeners`` is one leaf (a list)."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.init:  # a derived value, not a setting
+            continue
         kind = hints[f.name]
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             yield from iter_keys(kind, (*prefix, f.name))
@@ -767,7 +830,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     values = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -853,6 +916,8 @@ def _tree(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         tree: dict[str, Any] = {}
         for f in dataclasses.fields(value):
+            if not f.init:  # a derived value, not a setting
+                continue
             item = getattr(value, f.name)
             secret = f.metadata.get("secret", False)
             if secret and isinstance(item, tuple | list):

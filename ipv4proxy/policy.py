@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from ipv4proxy.config import Config, env_name, flag_name
 from ipv4proxy.errors import Failure, PolicyDenied
 from ipv4proxy.protocols import Destination, HostKind, ProtocolKind
-from ipv4proxy.rules import parse_cidr, parse_domain, parse_ports, parse_user_line
+from ipv4proxy.rules import Cidr, parse_user_line
 
 __all__ = ["SPECIAL_RANGES", "Decision", "Policy", "require"]
 
@@ -101,8 +101,9 @@ def _digest(user: str, password: str) -> bytes:
     return h(user) + h(password)  # fixed length: no user/password split is ambiguous
 
 
-def _networks(key: str, items: Iterable[str]) -> tuple[tuple[str, Network], ...]:
-    return tuple((f"{key}[{i}] {item}", parse_cidr(item)) for i, item in enumerate(items))
+def _networks(key: str, cidrs: Iterable[Cidr]) -> tuple[tuple[str, Network], ...]:
+    """Each network with the name of its rule (``policy.deny_cidrs[0] 10.0.0.0/8``)."""
+    return tuple((f"{key}[{i}] {cidr.text}", cidr.network) for i, cidr in enumerate(cidrs))
 
 
 # Address decisions remembered per policy (about 200 bytes each).
@@ -129,15 +130,15 @@ class Policy:
 
     def __init__(self, config: Config, users: Sequence[tuple[str, str]] = ()) -> None:
         """``users`` adds to ``config.auth.users`` (the pairs of ``auth.users_file``)."""
-        policy = config.policy
-        self._ports = parse_ports(policy.ports)
-        self._allow_cidrs = _networks("policy.allow_cidrs", policy.allow_cidrs)
-        self._deny_cidrs = _networks("policy.deny_cidrs", policy.deny_cidrs)
-        self._open_cidrs = _networks("policy.open_cidrs", policy.open_cidrs)
-        self._allow_domains = tuple(parse_domain(text) for text in policy.allow_domains)
-        self._deny_domains = tuple(parse_domain(text) for text in policy.deny_domains)
+        rules = config.policy.rules  # parsed once, by the configuration
+        self._ports = rules.ports
+        self._allow_cidrs = _networks("policy.allow_cidrs", rules.allow_cidrs)
+        self._deny_cidrs = _networks("policy.deny_cidrs", rules.deny_cidrs)
+        self._open_cidrs = _networks("policy.open_cidrs", rules.open_cidrs)
+        self._allow_domains = rules.allow_domains
+        self._deny_domains = rules.deny_domains
         self._clients = tuple(
-            _networks(f"listeners[{index}].clients", listener.clients)
+            _networks(f"listeners[{index}].clients", listener.networks)
             for index, listener in enumerate(config.listeners)
         )
         pairs = [parse_user_line(line) for line in config.auth.users] + list(users)

@@ -21,8 +21,10 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
+    "Cidr",
     "DomainPattern",
     "cidr_problem",
     "domain_matches",
@@ -30,7 +32,9 @@ __all__ = [
     "is_loopback_host",
     "local_addresses",
     "parse_cidr",
+    "parse_cidrs",
     "parse_domain",
+    "parse_domains",
     "parse_ports",
     "parse_user_line",
     "parse_users",
@@ -70,6 +74,18 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(text.strip(), strict=True)
 
 
+class Cidr(NamedTuple):
+    """An IPv4 network rule: as written (rules are named by it) and parsed."""
+
+    text: str
+    network: ipaddress.IPv4Network
+
+
+def parse_cidrs(items: Iterable[str]) -> tuple[Cidr, ...]:
+    """Each item parsed (`parse_cidr`). Raises ValueError."""
+    return tuple(Cidr(item, parse_cidr(item)) for item in items)
+
+
 def cidr_problem(items: tuple[str, ...]) -> str | None:
     for item in items:
         try:
@@ -105,6 +121,11 @@ def parse_domain(text: str) -> DomainPattern:
     if "*" in name or not name or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"expected a domain like whatsapp.net or *.whatsapp.net, got {text!r}")
     return DomainPattern(text, name, "." + name if below else "")
+
+
+def parse_domains(items: Iterable[str]) -> tuple[DomainPattern, ...]:
+    """Each item parsed (`parse_domain`). Raises ValueError."""
+    return tuple(parse_domain(item) for item in items)
 
 
 def domain_problem(items: tuple[str, ...]) -> str | None:

@@ -28,7 +28,7 @@ from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from ipv4proxy.config import ParentConfig
 from ipv4proxy.errors import Failure, Socks5Reply, UpstreamError, failure_for_errno
-from ipv4proxy.rules import DomainPattern, parse_cidr, parse_domain, parse_ports
+from ipv4proxy.rules import DomainPattern
 
 __all__ = ["Parent", "ParentUnreachable", "matching", "parents_of"]
 
@@ -83,9 +83,9 @@ class Parent:
             port=parts.port or 0,
             username=urllib.parse.unquote(parts.username) if parts.username else None,
             password=urllib.parse.unquote(parts.password) if parts.password else None,
-            domains=tuple(parse_domain(text) for text in config.domains),
-            networks=tuple(parse_cidr(c) for c in config.cidrs),
-            ports=parse_ports(config.ports),
+            domains=config.rules.domains,  # parsed once, by the configuration
+            networks=tuple(cidr.network for cidr in config.rules.cidrs),
+            ports=config.rules.ports,
         )
 
     def matches(self, host: str, addresses: Sequence[str], port: int) -> bool:

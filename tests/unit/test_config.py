@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ipv4proxy.config import (
     unknown_environment,
 )
 from ipv4proxy.errors import ConfigError
+from ipv4proxy.rules import Cidr
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "config.example.yaml"
 
@@ -353,3 +355,31 @@ def test_port_zero_and_other_addresses_do_not_collide() -> None:
         ("listeners",): ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.2:9128"]
     }
     assert len(load(None, None, flags).listeners) == 3
+
+
+def test_rules_are_parsed_once_into_typed_values() -> None:
+    """Policy and parents take these as they are; they are not settings."""
+    config = load(
+        "policy: {ports: ['80', '8000-8001'], deny_domains: ['*.Bad.test.'],"
+        " allow_cidrs: [10.0.0.0/8]}\n"
+        "listeners: [{host: 127.0.0.1, port: 3128, clients: [10.1.0.0/16]}]\n"
+        "parents: [{url: 'http://10.0.0.1:1', domains: [w.test], cidrs: [192.0.2.0/24],"
+        " ports: ['443']}]\n"
+    )
+    rules = config.policy.rules
+    assert rules.ports == {80, 8000, 8001}
+    [pattern] = rules.deny_domains
+    assert pattern.text == "*.Bad.test."
+    assert pattern.matches("x.bad.test")
+    assert not pattern.matches("bad.test")
+    assert rules.allow_cidrs == (Cidr("10.0.0.0/8", ipaddress.IPv4Network("10.0.0.0/8")),)
+    assert config.listeners[0].networks[0].network == ipaddress.IPv4Network("10.1.0.0/16")
+    parent = config.parents[0].rules
+    assert (parent.ports, parent.domains[0].name) == (frozenset({443}), "w.test")
+    assert parent.cidrs[0].network == ipaddress.IPv4Network("192.0.2.0/24")
+    shown = to_yaml(config)
+    assert "rules" not in shown
+    assert "networks" not in shown
+    assert all(path[-1] not in {"rules", "networks"} for path, _, _ in iter_keys())
+    with pytest.raises(ConfigError, match=r"policy\.rules: unknown key"):
+        load("policy: {rules: {}}")
