@@ -595,7 +595,7 @@ class Session(asyncio.Protocol):
         handshake = self.handshake
         if isinstance(handshake, HttpHandshake):
             mode = self.proxy.config.http.connect_failure
-            if handshake.closes_silently(error, mode) and mode == "reset":
+            if handshake.resets(error, mode):
                 _reset(self.transport)
             self.transport.write(handshake.error_reply(error, connect_failure=mode))
         elif handshake is not None:
