@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers.clock import Clock
 from ipv4proxy.config import ParentConfig, load, redact_url
 from ipv4proxy.errors import ConfigError, Failure
 from ipv4proxy.net.breaker import Breaker, Memory
@@ -18,15 +19,6 @@ from ipv4proxy.net.dnscache import STALE_RECHECK, DnsCache, Entry
 from ipv4proxy.net.parents import Parent, matching, parents_of
 from ipv4proxy.net.resolver import negative_ttl
 from ipv4proxy.rules import domain_matches
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # --- DNS cache ----------------------------------------------------------------------------
 
@@ -105,7 +97,7 @@ def test_negative_answer_without_soa_is_not_cached() -> None:
 
 
 def test_breaker_opens_after_n_failures_then_half_opens_then_closes() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     breaker = Breaker(threshold=3, cooldown=30, clock=clock)
     assert breaker.failure("a:1") is False
     assert breaker.failure("a:1") is False
@@ -125,14 +117,14 @@ def test_breaker_opens_after_n_failures_then_half_opens_then_closes() -> None:
 
 
 def test_success_resets_the_count_of_consecutive_failures() -> None:
-    breaker = Breaker(threshold=2, cooldown=30, clock=Clock())
+    breaker = Breaker(threshold=2, cooldown=30, clock=Clock(0.0))
     breaker.failure("a:1")
     breaker.success("a:1")
     assert breaker.failure("a:1") is False
 
 
 def test_when_every_address_is_open_all_are_tried() -> None:
-    breaker = Breaker(threshold=1, cooldown=30, clock=Clock())
+    breaker = Breaker(threshold=1, cooldown=30, clock=Clock(0.0))
     breaker.failure("a:1")
     breaker.failure("b:1")
     assert breaker.select(["a:1", "b:1"]) == ["a:1", "b:1"]

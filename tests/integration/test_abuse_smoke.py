@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIOS = {"download_stalled", "upload_stalled", "slow_heads", "unanswered_names", "refused"}
 FIELDS = ("base_kib", "peak_kib", "peak_sampled_kib", "after_kib")
