@@ -72,3 +72,29 @@ def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
     assert metrics["idle_memory"]["verified_live"] == [low, high]
     assert {t["metric"] for t in report["targets"]} == set(EXPECTED)
     assert (tmp_path / report_file.name.replace(".json", ".md")).is_file()
+
+
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
+)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(90)
+def test_ab_run_reports_every_figure_for_both_trees(tmp_path: Path) -> None:
+    """``benchmarks.ab`` with this checkout as the other tree too: one quick round."""
+    quick = ["--quick", "--rounds", "1", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", str(ROOT), *quick],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if "is better) |" in line]
+    assert len(rows) == 6, done.stdout  # every figure, two cells each
+    (report_file,) = tmp_path.glob("ab-*.json")
+    runs = json.loads(report_file.read_text(encoding="utf-8"))["runs"]
+    assert [len(tree_runs) for tree_runs in runs.values()] == [1, 1]
+    for (tree_run,) in runs.values():
+        assert all(value > 0 for key, value in tree_run.items() if key != "rtt_added_p50_us")
