@@ -21,6 +21,7 @@ import dns.rrset
 import pytest
 
 from helpers.wire import WIRE_SECONDS
+from ipv4proxy import doctor
 from ipv4proxy.config import load
 from ipv4proxy.metrics import Metrics
 from ipv4proxy.net.dialer import Dialer
@@ -216,3 +217,20 @@ async def test_names_not_listed_and_single_records_are_left_alone(
     assert several == (list(SEVERAL), UPSTREAM_TTL)
     assert one == ([GOOD], UPSTREAM_TTL)
     assert _count(metrics, "ipv4proxy_dns_shape_races_total", "won") == 0
+
+
+async def test_doctor_shows_the_shaped_answer_next_to_the_upstreams(
+    upstream: tuple[_Upstream, int], service: tuple[_Service, int]
+) -> None:
+    listener, dns_port, _ = await _started(_config(upstream[1], service[1]))
+    try:
+        text = _config(upstream[1], service[1]).replace("127.0.0.1:0", f"127.0.0.1:{dns_port}")
+        line = await doctor._ask_listener(load(text), "several.test")
+        single = await doctor._ask_listener(load(text), "one.test")
+    finally:
+        await listener.close()
+    assert line == (
+        f"127.0.0.1:{dns_port}: A {GOOD} (shaped; the upstream's: {', '.join(SEVERAL)}); "
+        "AAAA none (NOERROR, 0 records)"
+    )
+    assert single == f"127.0.0.1:{dns_port}: A {GOOD}; AAAA none (NOERROR, 0 records)"
