@@ -281,13 +281,13 @@ class DnsListener:
         rules, for shaping); without them the listener keeps its own."""
         self.metrics = metrics
         self._clock = clock
-        own_dialer = Dialer(config.dialer, clock=clock)
-        own_policy = Policy(config)
+        self._own_dialer = Dialer(config.dialer, clock=clock)
+        self._own_policy = Policy(config)
         self.shaper = Shaper(
             config,
             metrics,
-            dialer or (lambda: own_dialer),
-            policy or (lambda: own_policy),
+            dialer or (lambda: self._own_dialer),
+            policy or (lambda: self._own_policy),
             clock,
         )
         self._servers: list[asyncio.Server] = []
@@ -326,6 +326,9 @@ class DnsListener:
         cache = self.cache
         self.config = config
         self._apply(config)
+        self._own_policy = Policy(config)  # used only when the proxy gave none
+        if config.dialer != self._own_dialer.config:
+            self._own_dialer = Dialer(config.dialer, clock=self._clock)
         self.shaper.apply(config)
         if keep_cache:
             self.cache = cache

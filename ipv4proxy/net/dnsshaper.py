@@ -133,6 +133,15 @@ class Shaper:
         return task
 
     async def _run(self, found: Answer, port: int, known: Known) -> Choice:
+        """One race's choice, remembered; never raises but CancelledError (its waiters and a
+        background refresh would otherwise carry the error)."""
+        try:
+            return await self._race_once(found, port, known)
+        except Exception:  # a bug: the name goes unshaped, with its traceback logged
+            log.exception("dns shaping race for %s failed", found.name)
+            return dnsshape.race_choice(None, (), known)
+
+    async def _race_once(self, found: Answer, port: int, known: Known) -> Choice:
         policy = self._policy()
         candidates = [a for a in found.addresses if a not in known.open]
         allowed = [a for a in candidates if policy.address(a, port).allowed]

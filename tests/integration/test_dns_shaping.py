@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import dns.asyncquery
 import dns.message
@@ -26,7 +26,9 @@ from ipv4proxy.config import load
 from ipv4proxy.metrics import Metrics
 from ipv4proxy.net.dialer import Dialer
 from ipv4proxy.net.dnslisten import DnsListener
+from ipv4proxy.net.dnsshaper import Shaper
 from ipv4proxy.policy import Policy
+from ipv4proxy.protocols import dnsrewrite
 
 GOOD = "127.0.0.3"
 SEVERAL = ("127.0.0.2", GOOD, "127.0.0.4")
@@ -234,3 +236,69 @@ async def test_doctor_shows_the_shaped_answer_next_to_the_upstreams(
         "AAAA none (NOERROR, 0 records)"
     )
     assert single == f"127.0.0.1:{dns_port}: A {GOOD}; AAAA none (NOERROR, 0 records)"
+
+
+class _FakeDialer:
+    """The dialer's read-only views and a race that answers ``winner`` (no sockets)."""
+
+    def __init__(self, winner: str) -> None:
+        self.winner = winner
+        self.races = 0
+
+    def last_good(self, name: str) -> str | None:
+        return None
+
+    def breaker_open(self, address: str, port: int) -> bool:
+        return False
+
+    async def race(
+        self, name: str, addresses: Sequence[str], port: int, seconds: float
+    ) -> tuple[str | None, tuple[tuple[str, OSError], ...]]:
+        self.races += 1
+        await asyncio.sleep(0)
+        return self.winner, ()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_stale_result_is_served_while_one_background_race_refreshes_it() -> None:
+    config = load(_config(53, 443))
+    clock = _Clock()
+    fake = _FakeDialer(GOOD)
+    policy = Policy(config)
+    shaper = Shaper(config, Metrics(), lambda: fake, lambda: policy, clock)  # type: ignore[arg-type, return-value]
+    query = dns.message.make_query("several.test", "A")
+    question = dnsrewrite.parse_query(query.to_wire())
+    assert question is not None
+
+    async def ask() -> list[str]:
+        response = dns.message.make_response(query)
+        response.answer.append(
+            dns.rrset.from_text_list("several.test.", UPSTREAM_TTL, "IN", "A", list(SEVERAL))
+        )
+        wire = await shaper.shape(question, response.to_wire(want_shuffle=False))
+        return [rd.to_text() for rd in dns.message.from_wire(wire).answer[0]]
+
+    assert await ask() == [GOOD]
+    clock.now += SHAPE_TTL - 1
+    assert await ask() == [GOOD]
+    assert fake.races == 1  # fresh: no race
+    fake.winner = "127.0.0.4"  # the good address moved
+    clock.now += 1
+    assert await ask() == [GOOD]  # stale: served at once, a refresh started
+    for _ in range(100):  # bounded: the background race ends within a few loop turns
+        if not shaper._races:
+            break
+        await asyncio.sleep(0)
+    assert fake.races == 2
+    assert await ask() == ["127.0.0.4"]
+    clock.now += UPSTREAM_TTL
+    assert await ask() == ["127.0.0.4"]  # expired: a new race, waited for
+    assert fake.races == 3
+    shaper.close()
