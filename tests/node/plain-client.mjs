@@ -13,7 +13,7 @@
 // Eyeballs giving up, carries one error per address) and exits 1; exits 2 when nothing
 // happened within DEADLINE_MS (a hang, as on a broken IPv6 path). Each way it ends it
 // first prints `elapsed_ms N` to stderr: from just before the client resolves and
-// connects (after its modules are loaded) to that end.
+// connects (after its modules are loaded: the deadline counts from there too) to that end.
 import { createHash } from "node:crypto";
 import https from "node:https";
 import { createRequire } from "node:module";
@@ -94,7 +94,7 @@ const clients = {
   baileys() {
     const baileys = require("baileys");
     const makeWASocket = baileys.default ?? baileys.makeWASocket;
-    started = performance.now(); // Baileys' modules are loaded: its connect starts now
+    start(); // Baileys' modules are loaded: its connect starts now
     const silent = { level: "silent", child: () => silent, trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
     const result = { opened: false, frames: 0 };
     const sock = makeWASocket({
@@ -122,11 +122,17 @@ if (!(kind in clients) || !url || !(DEADLINE_MS > 0)) {
   console.error("usage: node plain-client.mjs ws|fetch|https|baileys URL DEADLINE_MS");
   process.exit(64);
 }
-setTimeout(() => {
-  elapsed();
-  console.error(`timed out after ${DEADLINE_MS} ms`);
-  process.exit(2);
-}, DEADLINE_MS);
+// The deadline counts from the client's start (for Baileys, once its modules are loaded).
+let deadline = null;
+function start() {
+  started = performance.now();
+  clearTimeout(deadline);
+  deadline = setTimeout(() => {
+    elapsed();
+    console.error(`timed out after ${DEADLINE_MS} ms`);
+    process.exit(2);
+  }, DEADLINE_MS);
+}
 process.on("unhandledRejection", (error) => fail(error));
-started = performance.now();
+start();
 clients[kind]();
