@@ -266,7 +266,16 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     proxy = Proxy(config, policy=policy)
-    dns_listener = DnsListener(config, proxy.metrics) if config.dns.listen else None
+    dns_listener = None
+    if config.dns.listen:
+        # Shaping reads the proxy's own dialer (memory, breakers) and policy, as they are
+        # after each reload.
+        dns_listener = DnsListener(
+            config,
+            proxy.metrics,
+            dialer=lambda: proxy.upstream.dialer,
+            policy=lambda: proxy.policy,
+        )
     loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener)
     admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
     # Which setting a failed bind belongs to, so the error says what to change. The DNS

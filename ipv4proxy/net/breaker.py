@@ -45,6 +45,11 @@ class Memory:
     def connected(self, name: str, address: str) -> None:
         _bounded_put(self._last, name, address)
 
+    def last(self, name: str) -> str | None:
+        """The address that last connected for ``name``, or None (read only)."""
+        last = self._last.get(name)
+        return last if isinstance(last, str) else None
+
     def order(self, name: str, addresses: Sequence[str]) -> list[str]:
         """``addresses`` with the one that last connected for ``name`` first."""
         last = self._last.get(name)

@@ -22,6 +22,7 @@ and an address whose breaker is open sits out while the name has others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -36,7 +37,7 @@ from ipv4proxy.errors import DialError, Failure, ProxyError, UpstreamTimeout, fa
 from ipv4proxy.log import event
 from ipv4proxy.net.breaker import Breaker, Clock, Memory
 
-__all__ = ["Attempt", "Dialer", "Opening", "dial"]
+__all__ = ["Attempt", "Dialer", "Opening", "describe_attempts", "dial"]
 
 log = logging.getLogger("ipv4proxy.dialer")
 
@@ -423,6 +424,38 @@ class Dialer:
         self.memory.connected(name, address)
         return transport
 
+    # Read-only views and a race without a tunnel, for DNS mode's shaping (net/dnsshaper.py).
+
+    def last_good(self, name: str) -> str | None:
+        """The address of ``name`` that last connected through this dialer, or None."""
+        return self.memory.last(name)
+
+    def breaker_open(self, address: str, port: int) -> bool:
+        """Whether ``address``:``port`` is left out of races now (its breaker is open)."""
+        return self.breaker.is_open(f"{address}:{port}")
+
+    async def race(
+        self, name: str, addresses: Sequence[str], port: int, seconds: float
+    ) -> tuple[str | None, tuple[tuple[str, OSError], ...]]:
+        """Race ``addresses`` of ``name`` on ``port`` for at most ``seconds`` and close the
+        winner's socket at once: which address answers. Each attempt tells the breakers as
+        a tunnel's would; the memory is left alone (no tunnel ran). Returns the winner
+        (None when every attempt failed or the time ran out) and the failed attempts."""
+        config = dataclasses.replace(self.config, connect_timeout=seconds)
+        failed: list[tuple[str, OSError]] = []
+
+        def report(address: str, error: OSError | None) -> None:
+            self._report(name, f"{address}:{port}", error)
+            if error is not None:
+                failed.append((address, error))
+
+        try:
+            sock, address = await dial(addresses, port, config, name=name, on_attempt=report)
+        except (DialError, UpstreamTimeout):
+            return None, tuple(failed)
+        sock.close()
+        return address, tuple(failed)
+
     def _attempt_hook(self, name: str, port: int) -> AttemptHook:
         return lambda address, error: self._report(name, f"{address}:{port}", error)
 
@@ -448,3 +481,8 @@ def _describe(attempts: Sequence[tuple[str, OSError]]) -> str:
     return (
         ", ".join(f"{address}: {_errno_name(error)}" for address, error in attempts) or "no address"
     )
+
+
+def describe_attempts(attempts: Sequence[tuple[str, OSError]]) -> str:
+    """``address: ERRNO`` of each attempt, as a dial error's message lists them."""
+    return _describe(attempts)
