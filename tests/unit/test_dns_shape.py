@@ -14,19 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers.clock import Clock
 from ipv4proxy.protocols import dnsshape
 from ipv4proxy.protocols.dnsshape import Choice, Choices, Known, ShapeRule
 
 A, B, C = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 ADDRESSES = (A, B, C)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- rules ----------------------------------------------------------------------------------
@@ -154,7 +147,7 @@ def test_shaped_addresses_are_the_good_one_first_and_never_a_bad_one(
 
 
 def test_choices_fresh_then_stale_then_gone() -> None:
-    clock = FakeClock()
+    clock = Clock()
     choices = Choices(clock, fresh=30)
     choice = Choice(B, frozenset(), "race")
     choices.put("name.test", choice, lifetime=300)
@@ -172,7 +165,7 @@ def test_choices_fresh_then_stale_then_gone() -> None:
 
 def test_choices_a_short_upstream_ttl_is_still_remembered_for_fresh() -> None:
     """An upstream TTL of 0 or 5 s must not make every query race."""
-    clock = FakeClock()
+    clock = Clock()
     choices = Choices(clock, fresh=30)
     choices.put("name.test", Choice(A), lifetime=0)
     clock.now += 29
@@ -182,7 +175,7 @@ def test_choices_a_short_upstream_ttl_is_still_remembered_for_fresh() -> None:
 
 
 def test_choices_are_bounded() -> None:
-    choices = Choices(FakeClock(), fresh=30, size=3)
+    choices = Choices(Clock(), fresh=30, size=3)
     for i in range(5):
         choices.put(f"n{i}.test", Choice(A), lifetime=60)
     assert len(choices) == 3
