@@ -93,11 +93,11 @@ class Shaper:
             frozenset(a for a in found.addresses if dialer.breaker_open(a, port)),
         )
         remembered, stale = self.choices.get(found.name)
-        choice = dnsshape.decide(found.addresses, known, remembered)
+        choice = dnsshape.decide(found.addresses, known, remembered, stale)
         if choice is None:
             choice = await self._race(found, port, known)
-        elif stale and remembered is not None and choice.source == remembered.source:
-            self._refresh(found, port, known)
+        elif (remembered is None or stale) and choice.source in ("memory", "race"):
+            self._refresh(found, port, known)  # verify the memory, renew the race result
         if choice is None or choice.good is None:
             return wire
         self.metrics.dns_shaped.labels(choice.source).inc()

@@ -122,17 +122,30 @@ class Choice:
     source: str = "race"
 
 
-def decide(addresses: Sequence[str], known: Known, remembered: Choice | None) -> Choice | None:
+def decide(
+    addresses: Sequence[str], known: Known, remembered: Choice | None, stale: bool = False
+) -> Choice | None:
     """The choice for a name answered with ``addresses``, or None: a race must decide, among
-    the addresses whose breaker is not open."""
+    the addresses whose breaker is not open.
+
+    A fresh race result comes first, then the dialer's last good address, then a stale race
+    result: the dialer's memory has no age (an address that died while only clients that
+    bypass the proxy used it stays there until the proxy's own tunnels open its breaker),
+    so the glue verifies a memory answer with a background race once per ``fresh``
+    period, and that race's result outranks it while it is fresh."""
     usable = [a for a in addresses if a not in known.open]
-    if known.last_good is not None and known.last_good in usable:
-        return Choice(known.last_good, known.open, "memory")
+    kept = None
     if remembered is not None:
         if remembered.good is None and remembered.source == "race":
-            return remembered  # the race found none: unshaped until it runs again
-        if remembered.good in usable:
-            return Choice(remembered.good, remembered.bad | known.open, remembered.source)
+            kept = remembered  # the race found none: unshaped until it runs again
+        elif remembered.good in usable:
+            kept = Choice(remembered.good, remembered.bad | known.open, remembered.source)
+    if kept is not None and not stale:
+        return kept
+    if known.last_good is not None and known.last_good in usable:
+        return Choice(known.last_good, known.open, "memory")
+    if kept is not None:
+        return kept
     if not usable:
         return Choice(None, known.open, "open")  # the dialer too tries them all then
     if len(usable) == 1:

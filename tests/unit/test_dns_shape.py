@@ -57,15 +57,21 @@ def test_port_for_first_match_wins() -> None:
 # --- the choice -----------------------------------------------------------------------------
 
 
-def test_memory_wins_over_everything() -> None:
+def test_a_fresh_race_result_then_memory_then_a_stale_race_result() -> None:
+    """The dialer's memory has no age: a fresh race (which tried it too) outranks it; it
+    outranks a stale race result."""
     remembered = Choice(B, frozenset({A}), "race")
-    choice = dnsshape.decide(ADDRESSES, Known(last_good=C), remembered)
-    assert choice == Choice(C, frozenset(), "memory")
+    assert dnsshape.decide(ADDRESSES, Known(last_good=C), remembered) == remembered
+    stale = dnsshape.decide(ADDRESSES, Known(last_good=C), remembered, stale=True)
+    assert stale == Choice(C, frozenset(), "memory")
+    assert dnsshape.decide(ADDRESSES, Known(last_good=C), None) == stale
+    assert dnsshape.decide(ADDRESSES, Known(), remembered, stale=True) == remembered
 
 
 def test_memory_with_an_open_breaker_is_passed_over() -> None:
     known = Known(last_good=C, open=frozenset({C}))
-    assert dnsshape.decide(ADDRESSES, known, Choice(B, frozenset({A}), "race")) == Choice(
+    remembered = Choice(B, frozenset({A}), "race")
+    assert dnsshape.decide(ADDRESSES, known, remembered, stale=True) == Choice(
         B, frozenset({A, C}), "race"
     )
     # With nothing remembered, a race decides (among A and B).
