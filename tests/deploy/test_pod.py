@@ -1,32 +1,42 @@
-"""The classic sidecar (deploy/kubernetes/sidecar-classic/) played as a pod: `podman kube play`.
+"""The sidecars of deploy/kubernetes/ played as pods: `podman kube play`.
 
-The repository's ConfigMap and Deployment are played as they are, with what a test must
-change, and nothing else:
+The repository's ConfigMap and Deployment are played with what a test must change, and
+nothing else:
 
 - the images: the proxy is the image built from the Containerfile (tests/deploy/
   test_image.py); the gateway is a stand-in from the same base (tests/helpers/containers/
-  gateway.py) that keeps the manifest's environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)
-  and security context, waits for /readyz as docs/deployment.md asks of a gateway, fetches
-  https://origin.test/ and http://origin.test/ and records the results;
-- a third container, the stand-in destination (origin.py, HTTPS on 443, HTTP on 80), and
-  a hostAliases entry that points origin.test at the pod's loopback;
-- IPV4PROXY_POLICY_OPEN_CIDRS=127.0.0.0/8 in the proxy's environment: the destination is
-  on loopback, which the policy refuses by default. The ConfigMap itself applies unchanged.
+  gateway.py) that keeps the manifest's environment and security context, waits for
+  /readyz as docs/deployment.md asks of a gateway, resolves and fetches its URLs and
+  records the results; a stand-in destination (origin.py) is another container;
+- what keeps a played pod to itself (`_isolate`): no `ports` (podman 4.3 publishes every
+  containerPort on the host's 0.0.0.0), prefixed emptyDir volume names.
 
-Checked: the proxy runs the ConfigMap's configuration (listening on 127.0.0.1:3128, not the
-image's baked 0.0.0.0), the gateway's HTTPS (CONNECT) and HTTP (forwarding) requests went
-through it (its access log names both), every probe's port exists and answers on the pod's
-IP as the kubelet would ask it, the proxy listener is not reachable there (loopback only),
-and the proxy exits 0 when the pod stops.
+**Classic** (sidecar-classic/): a hostAliases entry points origin.test at the pod's
+loopback, and IPV4PROXY_POLICY_OPEN_CIDRS=127.0.0.0/8 in the proxy's environment lets it
+reach a loopback destination (refused by default); the ConfigMap applies unchanged.
+Checked: the proxy runs the ConfigMap's configuration (listening on 127.0.0.1:3128, not
+the image's baked 0.0.0.0), the gateway's HTTPS (CONNECT) and HTTP (forwarding) requests
+went through it (its access log names both), every probe's port exists and answers on the
+pod's IP as the kubelet would ask it, the proxy listener is not reachable there (loopback
+only), and the proxy exits 0 when the pod stops.
+
+**DNS mode** (sidecar-dns/): the cluster DNS is a stand-in in the pod (dnsorigin.py, on
+127.0.0.1:5353, with an A and an AAAA record for origin.test), named in the ConfigMap's
+dns.upstreams and resolver.nameservers; the native sidecar becomes the first ordinary
+container; the pod's sysctl is written by the privileged stand-in destination (podman 4.3
+does not apply a pod's sysctls). Checked: the gateway's resolv.conf names only 127.0.0.1
+(the pod's dnsConfig), the proxy binds 127.0.0.1:53 as uid 10001, the gateway's
+getaddrinfo sees only 127.0.0.1 (no ::1: the sidecar drops AAAA answers) and its direct
+request, with no proxy setting, reaches the destination.
 
 What podman 4.3 cannot show, so this test does not cover it (the schema and wiring tests in
-test_kubernetes.py do): the postStart hook that holds the gateway's start until the proxy
-is ready (podman runs no lifecycle hooks; the gateway's own wait for /readyz is what is
-tested), preStop and the stop order, the kubelet's probes (podman turns an httpGet probe
-with a named port into `curl http://localhost:0/...`, and the image has no curl; the
-probes' paths and ports are asked here directly), and the native sidecar of
-deploy/kubernetes/sidecar/ (podman rejects probes on init containers and ignores their
-`restartPolicy: Always`).
+test_kubernetes.py do): lifecycle hooks (podman runs neither postStart, which holds the
+classic gateway's start until the proxy is ready, nor preStop; the gateway's own wait for
+/readyz is what is tested), the stop order, the kubelet's probes (podman turns an httpGet
+probe with a named port into `curl http://localhost:0/...`, and the image has no curl; the
+probes' paths and ports are asked here directly), and native sidecars (podman rejects
+probes on init containers and ignores their `restartPolicy: Always`): the DNS sidecar's
+startupProbe gate and its start and stop order.
 """
 
 from __future__ import annotations
@@ -100,11 +110,58 @@ def _played(image: str, base: str, srv: Path, name: str) -> list[dict[str, Any]]
     return [configmap, deployment]
 
 
+def _play(podman: Podman, docs: list[dict[str, Any]], srv: Path) -> PlayedPod:
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    name = deployment["metadata"]["name"]
+    volumes = _isolate(deployment["spec"]["template"]["spec"], name)
+    manifest = srv / "played.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    pod = PlayedPod(podman, name, manifest, volumes)
+    pod.remove()  # a pod left over by a killed run of this PID
+    try:
+        podman.run(["kube", "play", str(manifest)], timeout=STOP_SECONDS)
+    except BaseException:
+        pod.remove()
+        raise
+    return pod
+
+
+def _isolate(spec: dict[str, Any], name: str) -> list[str]:
+    """What keeps a played pod to itself; returns the names of the volumes it will make.
+
+    Podman 4.3 publishes every containerPort on the host's 0.0.0.0 (a kubelet publishes
+    nothing without hostPort), so the played copy lists no ports (the probes' named ports
+    are resolved from the repository's manifest); and it makes each emptyDir a named
+    volume, shared with any other pod that uses the name, so they are prefixed."""
+    renamed: dict[str, str] = {}
+    made: list[str] = []
+    for volume in spec["volumes"]:
+        if "emptyDir" in volume:
+            renamed[volume["name"]] = volume["name"] = f"{name}-{volume['name']}"
+            made.append(volume["name"])
+        elif "configMap" in volume:
+            # A volume named after the ConfigMap, kept after the pod; a later play would
+            # find the old content in it: removed before and after each play.
+            made.append(volume["configMap"]["name"])
+    for container in spec["containers"] + spec.get("initContainers", []):
+        container.pop("ports", None)
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+    return made
+
+
 class PlayedPod:
-    def __init__(self, podman: Podman, name: str, manifest: Path) -> None:
+    def __init__(self, podman: Podman, name: str, manifest: Path, volumes: list[str]) -> None:
         self.podman = podman
-        self.name = f"{name}-pod"
+        # A Deployment's pod: podman names it after its replica.
+        self.name = f"{name}-pod-0"
         self.manifest = manifest
+        self.volumes = volumes
+
+    def remove(self) -> None:
+        self.podman.run(["pod", "rm", "--force", "--time", "0", self.name], check=False)
+        if self.volumes:
+            self.podman.run(["volume", "rm", "--force", *self.volumes], check=False)
 
     def container(self, name: str) -> str:
         return f"{self.name}-{name}"
@@ -139,14 +196,11 @@ def played(
         path.chmod(0o644)  # the gateway reads them as uid 10001
     srv.chmod(0o755)
     name = f"ipv4proxy-classic-{os.getpid()}"
-    manifest = srv / "played.yaml"
-    manifest.write_text(yaml.safe_dump_all(_played(image, base, srv, name)))
-    pod = PlayedPod(podman, name, manifest)
+    pod = _play(podman, _played(image, base, srv, name), srv)
     try:
-        podman.run(["kube", "play", str(manifest)], timeout=STOP_SECONDS)
         yield pod
     finally:
-        podman.run(["pod", "rm", "--force", "--time", "0", pod.name], check=False)
+        pod.remove()
 
 
 def _wait_for_records(pod: PlayedPod) -> list[dict[str, Any]]:
@@ -213,3 +267,106 @@ def test_proxy_exits_cleanly_when_the_pod_stops(played: PlayedPod) -> None:
     exit_code = played.podman.run(["inspect", proxy, "--format", "{{.State.ExitCode}}"])
     assert exit_code.stdout.strip() == "0"
     assert any('"event":"stopped"' in line for line in played.podman.logs(proxy))
+
+
+# --- DNS mode -----------------------------------------------------------------------------
+
+DNS = KUBERNETES / "sidecar-dns"
+DNS_URL = f"http://{ORIGIN_NAME}/dns"
+UPSTREAM = "127.0.0.1:5353"
+
+
+def _played_dns(image: str, base: str, srv: Path, name: str) -> list[dict[str, Any]]:
+    """The DNS-mode sidecar's ConfigMap and Deployment, with the test's stand-ins."""
+    configmap = yaml.safe_load((DNS / "configmap.yaml").read_text())
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
+    # The cluster DNS Service is a stand-in in the pod (dnsorigin.py), which knows an A and
+    # an AAAA record for origin.test.
+    config["dns"]["upstreams"] = [UPSTREAM]
+    config["resolver"]["nameservers"] = [UPSTREAM]
+    configmap["data"]["config.yaml"] = yaml.safe_dump(config)
+    deployment = yaml.safe_load((DNS / "deployment.yaml").read_text())
+    deployment["metadata"]["name"] = name
+    spec = deployment["spec"]["template"]["spec"]
+    # Podman 4.3 cannot run a native sidecar: it becomes the first ordinary container.
+    (proxy,) = spec.pop("initContainers")
+    del proxy["restartPolicy"]
+    proxy["image"] = image
+    spec["containers"].insert(0, proxy)
+    gateway = _container(spec, "gateway")
+    gateway["image"] = base
+    gateway["command"] = ["python3", "/srv/gateway.py", DNS_URL]
+    srv_mount = {"name": "test-srv", "mountPath": "/srv", "readOnly": True}
+    gateway["volumeMounts"].append(srv_mount)
+    upstream_port = UPSTREAM.rpartition(":")[2]
+    # Podman 4.3 does not apply the pod's sysctls; the kubelet would. The origin, listed
+    # first, sets them in the pod's network namespace (the proxy restarts until it can
+    # bind port 53, as the pod's restartPolicy says).
+    sysctls = [f"{s['name']}={s['value']}" for s in spec["securityContext"]["sysctls"]]
+    spec["containers"].insert(
+        0,
+        {
+            "name": "origin",
+            "image": base,
+            "command": [
+                *("python3", "/srv/origin.py", "--http", "80"),
+                *(part for sysctl in sysctls for part in ("--sysctl", sysctl)),
+            ],
+            "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "privileged": True},
+            "volumeMounts": [srv_mount],
+        },
+    )
+    spec["containers"] += [
+        {
+            "name": "upstream",
+            "image": image,  # its venv has dnspython
+            "command": [
+                *("python3", "/srv/dnsorigin.py", upstream_port),
+                *(f"{ORIGIN_NAME}=127.0.0.1", f"{ORIGIN_NAME}=::1"),
+            ],
+            "volumeMounts": [srv_mount],
+        },
+    ]
+    spec["volumes"].append(
+        {"name": "test-srv", "hostPath": {"path": str(srv), "type": "Directory"}}
+    )
+    return [configmap, deployment]
+
+
+@pytest.fixture(scope="module")
+def played_dns(
+    podman: Podman, image: str, base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PlayedPod]:
+    srv = tmp_path_factory.mktemp("pod-dns-srv")
+    for script in ("gateway.py", "origin.py", "dnsorigin.py"):
+        (srv / script).write_text((CONTAINERS / script).read_text())
+        (srv / script).chmod(0o644)
+    srv.chmod(0o755)
+    name = f"ipv4proxy-dns-{os.getpid()}"
+    pod = _play(podman, _played_dns(image, base, srv, name), srv)
+    try:
+        yield pod
+    finally:
+        pod.remove()
+
+
+def test_dns_mode_gateway_resolves_through_the_sidecar_and_gets_no_aaaa(
+    played_dns: PlayedPod,
+) -> None:
+    records = _wait_for_records(played_dns)
+    assert records[0]["event"] == "ready", records
+    (resolved,) = [r for r in records if r["event"] in ("resolved", "unresolved")]
+    # The upstream knows ::1 too; the sidecar's listener answers AAAA with no records.
+    assert resolved.get("addresses") == [["AF_INET", "127.0.0.1"]], resolved
+    (fetched,) = [r for r in records if r["event"] in ("fetched", "failed")]
+    assert fetched.get("body") == "origin http 80 /dns\n", fetched  # direct: no proxy setting
+
+    gateway = played_dns.container("gateway")
+    resolv = played_dns.podman.run(["exec", gateway, "cat", "/etc/resolv.conf"]).stdout
+    nameservers = [line.split()[1] for line in resolv.splitlines() if line.startswith("nameserver")]
+    assert nameservers == ["127.0.0.1"], resolv
+    logs = played_dns.podman.logs(played_dns.container("ipv4proxy"))
+    # Port 53 bound as uid 10001: the pod's ip_unprivileged_port_start sysctl applied.
+    assert any("dns listening on 127.0.0.1:53" in line for line in logs), logs[:8]
+    asked = played_dns.podman.logs(played_dns.container("upstream"))
+    assert f"dnsorigin asked {ORIGIN_NAME}. A" in asked, asked

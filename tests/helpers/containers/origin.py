@@ -1,17 +1,21 @@
 """A stand-in destination, run inside a test container (standard library only).
 
-    python3 origin.py [--http PORT]... [--https PORT --cert PEM --key PEM]
+    python3 origin.py [--sysctl NAME=VALUE]... [--http PORT]... [--https PORT --cert PEM --key PEM]
 
 Answers every GET with 200 and ``origin <scheme> <port> <path>``, so a test can tell which
 listener a request reached. Listens on 127.0.0.1 only: it is reached by the proxy in the
 same pod, never from outside. Runs until it is stopped (SIGTERM ends Python at once).
+--sysctl first writes a network sysctl of the pod's namespace (the container must be
+privileged: podman 4.3's kube play does not apply a pod's securityContext.sysctls).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import signal
 import ssl
+import sys
 import threading
 
 
@@ -34,12 +38,20 @@ def handler(scheme: str, port: int) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 def main() -> None:
+    # PID 1 of its container: without a handler, SIGTERM would be ignored until SIGKILL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", type=int, action="append", default=[])
     parser.add_argument("--https", type=int, action="append", default=[])
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--sysctl", action="append", default=[])
     args = parser.parse_args()
+    for setting in args.sysctl:
+        name, _, value = setting.partition("=")
+        with open("/proc/sys/" + name.replace(".", "/"), "w") as file:
+            file.write(value)
+        print(f"origin set {name}={value}", flush=True)
     servers = []
     for port in args.http:
         servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), handler("http", port)))
