@@ -50,8 +50,9 @@ __all__ = [
 # podman's storage (the cached base image, the layer cache) and configuration. /var/tmp:
 # it survives reboots and is not cleaned as eagerly as /tmp; override with the variable.
 STATE = Path(os.environ.get("IPV4PROXY_PODMAN_STATE", "/var/tmp/ipv4proxy-tests/podman"))
-# Per-boot state (podman's runroot and tmp_dir): under /run, as podman's own default is.
-RUN_STATE = Path("/run/ipv4proxy-tests-podman")
+# Per-boot state (podman's runroot and tmp_dir): under /run, as podman's own default is;
+# one per STATE, since two storages must not share a runroot.
+RUN_STATE = Path("/run") / f"ipv4proxy-tests-podman-{hashlib.sha256(bytes(STATE)).hexdigest()[:8]}"
 
 BASE_REPOSITORY = "localhost/ipv4proxy-test-base"
 IMAGE = "localhost/ipv4proxy:test"
