@@ -13,8 +13,9 @@ proxy; the test reaches the pod's published ports on 127.0.0.1.
 - With flags (--admin-listen on another port): the HEALTHCHECK follows it.
 - The venv holds exactly the lock's versions, and no pip.
 
-Cost: about 100 s the first time on a machine (the base image), then about 30 s (the
-image from podman's layer cache, the pods); see docs/deployment.md.
+Cost: the base image and a cold build take about two minutes where nothing is cached;
+they run in the background while the rest of the suite runs (tests/deploy/conftest.py).
+Then this module and test_pod.py take about 30 s together.
 """
 
 from __future__ import annotations

@@ -75,6 +75,9 @@ _CERT_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 DEBOOTSTRAP_SECONDS = 600.0
 BUILD_SECONDS = 600.0
 COMMAND_SECONDS = 120.0
+# The base and image builds are batch work that may run beside the rest of the suite
+# (tests/deploy/conftest.py): at the lowest CPU priority, they yield to the tests.
+NICE = ("nice", "-n", "19")
 # An untagged layer older than this is removed after a build: the cache of the last day's
 # builds is kept, older code's layers do not pile up in /var/tmp.
 PRUNE_AFTER = "24h"
@@ -127,11 +130,12 @@ class Podman:
         timeout: float = COMMAND_SECONDS,
         check: bool = True,
         stdin: bytes | None = None,
+        batch: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """``podman ARGS``; output as text. Raises AssertionError (with the output) when
-        ``check`` and it fails."""
+        """``podman ARGS`` (``batch``: at the lowest CPU priority); output as text. Raises
+        AssertionError (with the output) when ``check`` and it fails."""
         done = subprocess.run(
-            ["podman", *args],
+            [*(NICE if batch else ()), "podman", *args],
             env=self.env,
             input=stdin.decode() if stdin is not None else None,
             stdin=None if stdin is not None else subprocess.DEVNULL,
@@ -264,6 +268,7 @@ def _unmount_under(root: Path) -> None:
 def _debootstrap(rootfs: Path, mirror: str, cas: Sequence[Path]) -> None:
     subprocess.run(
         [
+            *NICE,
             "debootstrap",
             "--variant=minbase",
             f"--include={','.join(PACKAGES)}",
@@ -281,7 +286,7 @@ def _debootstrap(rootfs: Path, mirror: str, cas: Sequence[Path]) -> None:
     for index, path in enumerate(cas):
         shutil.copyfile(path, extra / f"host-{index}.crt")
     subprocess.run(
-        ["chroot", str(rootfs), "update-ca-certificates"],
+        [*NICE, "chroot", str(rootfs), "update-ca-certificates"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=COMMAND_SECONDS,
@@ -295,13 +300,13 @@ def _debootstrap(rootfs: Path, mirror: str, cas: Sequence[Path]) -> None:
 
 def _import(podman: Podman, rootfs: Path, image: str) -> None:
     tar = subprocess.Popen(
-        ["tar", "-C", str(rootfs), "-c", "."],
+        [*NICE, "tar", "-C", str(rootfs), "-c", "."],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
     try:
         imported = subprocess.run(
-            ["podman", "import", *(f"--change={c}" for c in IMPORT_CHANGES), "-", image],
+            [*NICE, "podman", "import", *(f"--change={c}" for c in IMPORT_CHANGES), "-", image],
             env=podman.env,
             stdin=tar.stdout,
             capture_output=True,
@@ -351,6 +356,6 @@ def build_image(podman: Podman, base: str, tag: str = IMAGE) -> str:
         args += ["--build-arg", f"PIP_INDEX_URL={index}"]
     args += ["-f", "deploy/container/Containerfile", "-t", tag, str(REPO_ROOT)]
     with podman.locked():
-        podman.run(args, timeout=BUILD_SECONDS)
+        podman.run(args, timeout=BUILD_SECONDS, batch=True)
         podman.run(["image", "prune", "--force", "--filter", f"until={PRUNE_AFTER}"], check=False)
     return tag
