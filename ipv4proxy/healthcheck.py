@@ -37,17 +37,20 @@ _MAX_PROCESSES = 4096
 
 def _own_args(argv: Sequence[str]) -> list[str] | None:
     """The arguments of ``ipv4proxy`` in a command line, or None if it is not one that runs
-    the proxy (``ipv4proxy ARGS``, ``python -m ipv4proxy ARGS``, the venv's script)."""
-    for at, word in enumerate(argv):
-        if word == "-m" and at + 1 < len(argv) and argv[at + 1] == "ipv4proxy":
+    the proxy: ``ipv4proxy ARGS`` (the venv's script, run directly or by its interpreter,
+    as a shebang does) or ``python [OPTIONS] -m ipv4proxy ARGS``."""
+    args: list[str] | None = None
+    if argv and os.path.basename(argv[0]) == "ipv4proxy":
+        args = list(argv[1:])
+    elif argv and os.path.basename(argv[0]).startswith("python"):
+        at = 1
+        while at < len(argv) and argv[at].startswith("-") and argv[at] != "-m":
+            at += 1  # interpreter options (-u, -X importtime is two words: rare, not handled)
+        if argv[at : at + 2] == ["-m", "ipv4proxy"]:
             args = list(argv[at + 2 :])
-            break
-        if os.path.basename(word) == "ipv4proxy":
+        elif at < len(argv) and os.path.basename(argv[at]) == "ipv4proxy":
             args = list(argv[at + 1 :])
-            break
-    else:
-        return None
-    if args and args[0] in SUBCOMMANDS:
+    if args is None or (args and args[0] in SUBCOMMANDS):
         return None
     return args
 

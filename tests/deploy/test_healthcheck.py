@@ -27,8 +27,10 @@ def _process(proc: Path, pid: int, argv: list[str], environ: dict[str, str] | No
 
 
 def _container(proc: Path, proxy_argv: list[str], environ: dict[str, str] | None) -> None:
-    """An init, a healthcheck already running, a shell, then the proxy."""
+    """An init, a command that only names ipv4proxy, a healthcheck already running, a
+    check-config, then the proxy."""
     _process(proc, 1, ["/run/podman-init", "--", "sh"], {})
+    _process(proc, 3, ["python3", "-m", "pytest", "tests/ipv4proxy"], {})
     script = ["/opt/ipv4proxy/bin/python3", "/opt/ipv4proxy/bin/ipv4proxy"]
     _process(proc, 5, [*script, "healthcheck"], {})
     _process(proc, 6, ["/opt/ipv4proxy/bin/python3", "-m", "ipv4proxy", "check-config"], {})
