@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.lab import AAAA_FILTER_DNS, DNS_LISTEN, ORDER_NAMES, Lab
+from helpers.metrics import text_sum
 from helpers.programs import NODE_DIR, curl_command, node_command
 from helpers.proxy import ProxyProcess
 
@@ -90,15 +90,6 @@ def aaaa_filter(lab: Lab) -> None:
     lab.start_aaaa_filter()  # stopped with the lab
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def _table(runs: list[Run]) -> str:
     modes = list(dict.fromkeys(run.mode for run in runs))
     lines = [
@@ -150,8 +141,8 @@ def test_multi_a_names_connect_in_every_order_through_the_dns_listener(
     )
     assert page.returncode == 0, page.stderr.decode()
     metrics = page.stdout.decode()
-    assert _metric(metrics, "ipv4proxy_dns_shape_races_total", outcome="won") == len(ORDERS)
-    assert _metric(metrics, "ipv4proxy_dns_shaped_total", source="race") >= len(ORDERS)
+    assert text_sum(metrics, "ipv4proxy_dns_shape_races_total", outcome="won") == len(ORDERS)
+    assert text_sum(metrics, "ipv4proxy_dns_shaped_total", source="race") >= len(ORDERS)
 
 
 def test_multi_a_names_stall_through_a_plain_aaaa_filter_unless_the_good_one_is_last(
