@@ -135,15 +135,23 @@ class Procs:
     started: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def _spawn(
-        self, argv: Sequence[str], *, stdin: int | None = None, stderr: IO[str] | int | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int | None = None,
+        stderr: IO[str] | int | None = None,
+        tree: Path = ROOT,
     ) -> subprocess.Popen[str]:
+        """Start ``argv`` in ``tree``, whose ``ipv4proxy`` package ``-m ipv4proxy`` runs."""
+        env = None if tree == ROOT else {**os.environ, "PYTHONPATH": str(tree)}
         process = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
             list(argv),
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            cwd=ROOT,
+            cwd=tree,
+            env=env,
         )
         self.started.append(process)
         return process
@@ -165,11 +173,13 @@ class Procs:
         *,
         nameserver: str = "127.0.0.1:9",
         clients: Sequence[str] = (),
+        tree: Path = ROOT,
     ) -> tuple[int, int]:
         """Start ipv4proxy on a free loopback port, pinned; returns (pid, port).
 
         ``nameserver`` must be on loopback; ``clients`` (CIDRs) puts the listener in a config
-        file with ``listeners[0].clients`` set, since --listen takes no clients."""
+        file with ``listeners[0].clients`` set, since --listen takes no clients; ``tree`` is
+        the checkout whose code runs (another one for an A/B, `benchmarks.ab`)."""
         port = free_port()
         log = open(self.workdir / f"proxy-{port}.log", "w", encoding="utf-8")  # noqa: SIM115
         if clients:
@@ -208,7 +218,7 @@ class Procs:
             "",
             *extra,
         ]
-        process = self._spawn(argv, stderr=log)
+        process = self._spawn(argv, stderr=log, tree=tree)
         log.close()
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:

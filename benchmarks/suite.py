@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import Procs, cpu_seconds, rss_kib
+from benchmarks.procs import ROOT, Procs, cpu_seconds, rss_kib
 
 __all__ = ["FULL", "SMOKE", "Settings", "run_all"]
 
@@ -202,11 +202,11 @@ def round_trip(procs: Procs, settings: Settings, proxy: tuple[int, int]) -> Metr
     }
 
 
-def idle_memory(procs: Procs, settings: Settings, hosts: Path) -> Metric:
-    """RSS of a fresh proxy at two counts of idle, verified-live tunnels; the slope is the
-    cost of one more tunnel, free of the interpreter's fixed cost."""
+def idle_memory(procs: Procs, settings: Settings, hosts: Path, tree: Path = ROOT) -> Metric:
+    """RSS of a fresh proxy (of the code in ``tree``) at two counts of idle, verified-live
+    tunnels; the slope is the cost of one more tunnel, free of the interpreter's fixed cost."""
     _, port = procs.server("echo-server")
-    proxy_pid, proxy_port = procs.proxy(hosts)
+    proxy_pid, proxy_port = procs.proxy(hosts, tree=tree)
     low, high = settings.hold
     args = ["--target", f"127.0.0.1:{port}", "--proxy", f"127.0.0.1:{proxy_port}"]
     args += ["--proto", "connect", "--conns", "64", "--seconds", "120"]

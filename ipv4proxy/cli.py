@@ -4,6 +4,8 @@
     ipv4proxy check-config [FLAGS]           validate, print the effective configuration
                                              as YAML (secrets masked), exit
     ipv4proxy doctor [FLAGS] HOST[:PORT]     diagnose one destination (``--json``)
+    ipv4proxy healthcheck [FLAGS]            GET /healthz of the running proxy's admin
+                                             listener (the image's HEALTHCHECK)
 
 Every configuration key has a flag derived from its path (``--dialer-connect-timeout``);
 the common ones also have short spellings (``--listen``, ``--nameserver`` ...).
@@ -16,7 +18,8 @@ or one that changes the listeners, is refused with a log line and the old settin
 
 Exit codes: 0 after a clean stop, 2 for an invalid configuration, 1 when a listener cannot
 be bound or a stop was forced; check-config: 1 when the resolver cannot be set up;
-doctor: 0 when an IPv4 connection succeeded, 1 when none did.
+doctor: 0 when an IPv4 connection succeeded, 1 when none did; healthcheck: 0 when /healthz
+answered 200, 1 otherwise (ipv4proxy/healthcheck.py).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from ipv4proxy.config import (
     flag_name,
     iter_keys,
     load,
+    parse_hostport,
     to_yaml,
     unknown_environment,
 )
 from ipv4proxy.doctor import diagnose, render_text
 from ipv4proxy.errors import ConfigError, ProtocolError
+from ipv4proxy.healthcheck import loopback_for, probe, running_proxy
 from ipv4proxy.log import lean_records, lifecycle, setup_logging
 from ipv4proxy.net.dnslisten import (
     DnsListener,
@@ -86,6 +91,7 @@ _COMMANDS_HELP = """commands:
   ipv4proxy [FLAGS]                      run the proxy
   ipv4proxy check-config [FLAGS]         validate, print the effective configuration, exit
   ipv4proxy doctor [FLAGS] HOST[:PORT]   diagnose one destination from this machine
+  ipv4proxy healthcheck [FLAGS]          ask the running proxy's /healthz (exit 0 when 200)
 
 Every flag is also an environment variable: --dialer-connect-timeout is
 IPV4PROXY_DIALER_CONNECT_TIMEOUT. Precedence: flag > environment > file > default.
@@ -266,7 +272,16 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     proxy = Proxy(config, policy=policy)
-    dns_listener = DnsListener(config, proxy.metrics) if config.dns.listen else None
+    dns_listener = None
+    if config.dns.listen:
+        # Shaping reads the proxy's own dialer (memory, breakers) and policy, as they are
+        # after each reload.
+        dns_listener = DnsListener(
+            config,
+            proxy.metrics,
+            dialer=lambda: proxy.upstream.dialer,
+            policy=lambda: proxy.policy,
+        )
     loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener)
     admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
     # Which setting a failed bind belongs to, so the error says what to change. The DNS
@@ -366,12 +381,35 @@ def _resolver_warnings(config: Config) -> list[str]:
     return collect.messages
 
 
-COMMANDS = ("check-config", "doctor")
+COMMANDS = ("check-config", "doctor", "healthcheck")
+
+
+def healthcheck(argv: Sequence[str]) -> int:
+    """0 when the admin listener of the running proxy (or of ``argv``'s flags, if any)
+    answers /healthz with 200; 1 otherwise, saying why on stderr."""
+    found = None if argv else running_proxy()
+    args, environ = found if found else (list(argv), dict(os.environ))
+    try:
+        listen = parse(args, environ).admin.listen
+    except ConfigError as exc:
+        print(f"ipv4proxy healthcheck: {exc}", file=sys.stderr)
+        return 1
+    if not listen:
+        print("ipv4proxy healthcheck: admin.listen is off: nothing to ask", file=sys.stderr)
+        return 0
+    host, port = parse_hostport(listen, key="admin.listen")
+    problem = probe(loopback_for(host), port)
+    if problem:
+        print(f"ipv4proxy healthcheck: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and args[0] in COMMANDS else "run"
+    if command == "healthcheck":
+        sys.exit(healthcheck(args))
     try:
         config, own = _parse(args, os.environ, command)
         policy = build_policy(config)

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from ipv4proxy.errors import ConfigError
+from ipv4proxy.protocols.dnsshape import ShapeRule, parse_rule
 from ipv4proxy.rules import (
     Cidr,
     DomainPattern,
@@ -312,6 +313,18 @@ def _client_rate(value: int) -> str | None:
     return None if value >= 1 else "expected a number >= 1"
 
 
+def _shape_rule_problem(value: str) -> str | None:
+    try:
+        parse_rule(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _shape_ttl(value: int) -> str | None:
+    return None if 1 <= value <= 3600 else "expected 1-3600 (seconds)"
+
+
 @dataclass(frozen=True, slots=True)
 class DnsConfig:
     """The A-only DNS listener (docs/dns-mode.md); off while ``listen`` is empty."""
@@ -349,8 +362,42 @@ class DnsConfig:
         _client_rate,
     )
 
+    # one: Node's Happy Eyeballs cuts every attempt but the last after 250 ms, so any second
+    # address can cost the slow good one its attempt; a single A record gets one untimed
+    # attempt (docs/dns-mode.md, "Names with several A records").
+    shape: str = _setting(
+        "one",
+        "names with several A records: one (only the address known to work), first (all, "
+        "that one first, known-bad ones left out) or off (the upstream's records)",
+        _one_of("one", "first", "off"),
+    )
+    # Every name, and the port gateways use (WhatsApp's web, media and WebSocket: 443).
+    shape_names: tuple[str, ...] = _setting(
+        ("*:443",),
+        "names shaped, and the port their connect race uses: *, *.DOMAIN or NAME, each "
+        "with :PORT (443 when left out); the first match wins",
+        _each(_shape_rule_problem),
+    )
+    # Tens of seconds: a client whose address died asks again within half a minute and
+    # gets the next good one, while a race runs at most twice a minute per name.
+    shape_ttl: int = _setting(
+        30,
+        "longest TTL of a shaped answer, and how long a race result is fresh, seconds",
+        _shape_ttl,
+    )
+    # The first query of a name waits for its race: one slow handshake (a SYN retransmit
+    # takes 1 s) fits, and it stays under the 5 s a stub resolver waits before asking again.
+    shape_race_timeout: float = _setting(
+        3.0,
+        "seconds a connect race may take; past it the name is answered unshaped",
+        _positive,
+    )
+
     def listen_addresses(self) -> tuple[tuple[str, int], ...]:
         return tuple(parse_hostport(s) for s in self.listen)
+
+    def shape_rules(self) -> tuple[ShapeRule, ...]:
+        return tuple(parse_rule(s) for s in self.shape_names)
 
     def upstream_addresses(self) -> tuple[tuple[str, int], ...]:
         return tuple(parse_hostport(s, default_port=53) for s in self.upstreams)

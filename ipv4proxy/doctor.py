@@ -36,6 +36,7 @@ import dns.resolver
 
 from ipv4proxy.config import Config
 from ipv4proxy.errors import Failure, ResolveError
+from ipv4proxy.net.dnslisten import effective_upstreams
 from ipv4proxy.net.resolver import Resolver, dns_resolver
 
 __all__ = [
@@ -240,26 +241,54 @@ async def diagnose(config: Config, host: str, port: int, *, ipv4_literal: bool =
 
 
 async def _ask_listener(config: Config, host: str) -> str | None:
-    """What a client of the DNS listener gets for ``host``: its A and AAAA answers."""
+    """What a client of the DNS listener gets for ``host``: its A and AAAA answers; an A
+    answer the listener shaped (docs/dns-mode.md) is shown next to the upstream's."""
     if not config.dns.listen:
         return None
     address, port = config.dns.listen_addresses()[0]
     if address == "0.0.0.0":  # noqa: S104 - a comparison, not a bind
         address = "127.0.0.1"
+    # A first lookup of a name with several A records waits for the listener's race.
+    timeout = 2.0 + config.dns.shape_race_timeout
     parts = []
     for rdtype in ("A", "AAAA"):
-        query = dns.message.make_query(host, rdtype)
         try:
-            answer = await dns.asyncquery.udp(query, address, timeout=2.0, port=port)
+            records, rcode = await _records(host, rdtype, address, port, timeout)
         except (dns.exception.DNSException, OSError) as exc:
             return f"{address}:{port}: not answering ({type(exc).__name__}: {exc})"
-        records = [
-            rd.to_text() for r in answer.answer if r.rdtype == query.question[0].rdtype for rd in r
-        ]
-        rcode = dns.rcode.to_text(answer.rcode())
         shown = ", ".join(records) if records else f"none ({rcode}, 0 records)"
+        if rdtype == "A" and records:
+            upstream = await _upstream_a(config, host, timeout)
+            # As sets: an upstream may rotate its records from one answer to the next.
+            if upstream is not None and set(upstream) != set(records):
+                shown += f" (shaped; the upstream's: {', '.join(upstream)})"
         parts.append(f"{rdtype} {shown}")
     return f"{address}:{port}: {'; '.join(parts)}"
+
+
+async def _records(
+    host: str, rdtype: str, address: str, port: int, seconds: float
+) -> tuple[list[str], str]:
+    """The ``rdtype`` records ``address``:``port`` answers for ``host``, and the rcode."""
+    query = dns.message.make_query(host, rdtype)
+    answer = await dns.asyncquery.udp(query, address, timeout=seconds, port=port)
+    wanted = query.question[0].rdtype
+    records = [rd.to_text() for r in answer.answer if r.rdtype == wanted for rd in r]
+    return records, dns.rcode.to_text(answer.rcode())
+
+
+async def _upstream_a(config: Config, host: str, seconds: float) -> list[str] | None:
+    """The A records the DNS listener's first upstream gives for ``host``; None when it
+    does not answer."""
+    upstreams = effective_upstreams(config)
+    if not upstreams:
+        return None
+    address, port = upstreams[0]
+    try:
+        records, _ = await _records(host, "A", address, port, seconds)
+    except (dns.exception.DNSException, OSError):
+        return None
+    return records
 
 
 def render_text(report: Report) -> str:

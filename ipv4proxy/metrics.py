@@ -72,6 +72,9 @@ DNS_OUTCOMES = (
     "servfail",
 )
 DNS_UPSTREAM_FAILURES = ("timeout", "unreachable", "bad_response", "no_upstream")
+# Where a shaped answer's address came from, and how a connect race ended (docs/dns-mode.md).
+DNS_SHAPE_SOURCES = ("memory", "race", "breaker")
+DNS_RACE_OUTCOMES = ("won", "failed", "denied", "busy")
 
 # Outcome of a tunnel that was open: ended by one of its sides, or cut when the drain's
 # grace period ran out (or at a second stop signal).
@@ -240,6 +243,24 @@ SERIES: tuple[Series, ...] = (
         (Label("cause", DNS_UPSTREAM_FAILURES),),
     ),
     Series(
+        "dns_shaped",
+        "ipv4proxy_dns_shaped",
+        "counter",
+        "A answers of several records shaped to the address known to work, by where it "
+        "came from (memory: the dialer's last good address, race: a connect race, "
+        "breaker: the only address whose breaker is not open)",
+        (Label("source", DNS_SHAPE_SOURCES),),
+    ),
+    Series(
+        "dns_shape_races",
+        "ipv4proxy_dns_shape_races",
+        "counter",
+        "Connect races run to shape an answer, by outcome (won, failed: no address "
+        "connected in dns.shape_race_timeout, denied: the policy refuses every address, "
+        "busy: too many races at once, none run)",
+        (Label("outcome", DNS_RACE_OUTCOMES),),
+    ),
+    Series(
         "dns_query_seconds",
         "ipv4proxy_dns_query_seconds",
         "histogram",
@@ -291,6 +312,8 @@ class Metrics:
         self.dns_ipv6hints_removed = _as(built["dns_ipv6hints_removed"], Counter)
         self.dns_upstream_failures = _as(built["dns_upstream_failures"], Counter)
         self.dns_query_seconds = _as(built["dns_query_seconds"], Histogram)
+        self.dns_shaped = _as(built["dns_shaped"], Counter)
+        self.dns_shape_races = _as(built["dns_shape_races"], Counter)
         # Series that exist from the start read 0 instead of being absent, so rate() and
         # alerts work before the first event.
         for result in LOOKUP_RESULTS:
@@ -306,6 +329,10 @@ class Metrics:
                 self.dns_queries.labels(qtype, outcome)
         for cause in DNS_UPSTREAM_FAILURES:
             self.dns_upstream_failures.labels(cause)
+        for source in DNS_SHAPE_SOURCES:
+            self.dns_shaped.labels(source)
+        for outcome in DNS_RACE_OUTCOMES:
+            self.dns_shape_races.labels(outcome)
 
         # Label children of the per-tunnel series, bound once: labels() costs more than
         # the increment (validation, a lock, a dictionary of tuples).

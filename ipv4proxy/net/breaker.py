@@ -61,6 +61,11 @@ class Memory:
     def connected(self, name: str, address: str) -> None:
         _bounded_put(self._last, name, address)
 
+    def last(self, name: str) -> str | None:
+        """The address that last connected for ``name``, or None (read only)."""
+        last = self._last.get(name)
+        return last if isinstance(last, str) else None
+
     def order(self, name: str, addresses: Sequence[str]) -> list[str]:
         """``addresses`` with the one that last connected for ``name`` first."""
         last = self._last.get(name)
@@ -82,25 +87,25 @@ class Breaker:
         self._threshold = threshold
         self._cooldown = cooldown
         self._clock = clock
-        self._states: OrderedDict[Hashable, object] = OrderedDict()
+        self._states: OrderedDict[Endpoint, object] = OrderedDict()
 
-    def _state(self, key: Hashable) -> _State | None:
+    def _state(self, key: Endpoint) -> _State | None:
         state = self._states.get(key)
         return state if isinstance(state, _State) else None
 
-    def is_open(self, key: Hashable) -> bool:
+    def is_open(self, key: Endpoint) -> bool:
         """Tell whether ``key`` is skipped now (open, cooldown still running)."""
         state = self._state(key)
         return state is not None and self._clock() < state.open_until
 
-    def state(self, key: Hashable) -> str:
+    def state(self, key: Endpoint) -> str:
         """``closed``, ``open`` or ``half-open`` (for logs and tests)."""
         state = self._state(key)
         if state is None or state.failures < self._threshold:
             return "closed"
         return "open" if self._clock() < state.open_until else "half-open"
 
-    def failure(self, key: Hashable) -> bool:
+    def failure(self, key: Endpoint) -> bool:
         """Count a connect failure; returns True when this failure opened the breaker.
 
         A failure while already open (tried because every address was open) extends the
@@ -116,12 +121,12 @@ class Breaker:
             return not was_open
         return False
 
-    def success(self, key: Hashable) -> bool:
+    def success(self, key: Endpoint) -> bool:
         """Forget ``key``'s failures; returns True when this closed an opened breaker."""
         state = self._states.pop(key, None)
         return isinstance(state, _State) and state.failures >= self._threshold
 
-    def select(self, keys: Sequence[_Key]) -> list[_Key]:
+    def select(self, keys: Sequence[Endpoint]) -> list[Endpoint]:
         """The keys to try now: those not open, or all of them when every one is open."""
         usable = [key for key in keys if not self.is_open(key)]
         return usable or list(keys)

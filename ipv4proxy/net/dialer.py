@@ -26,6 +26,7 @@ handshake runs on it before it is wrapped).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -40,7 +41,7 @@ from ipv4proxy.errors import DialError, Failure, ProxyError, UpstreamTimeout, fa
 from ipv4proxy.log import event
 from ipv4proxy.net.breaker import Breaker, Clock, Endpoint, Memory
 
-__all__ = ["Attempt", "Dialer", "Opening", "adopt", "dial"]
+__all__ = ["Attempt", "Dialer", "Opening", "adopt", "describe_attempts", "dial"]
 
 log = logging.getLogger("ipv4proxy.dialer")
 
@@ -439,6 +440,38 @@ class Dialer:
         self.memory.connected(name, address)
         return transport, address
 
+    # Read-only views and a race without a tunnel, for DNS mode's shaping (net/dnsshaper.py).
+
+    def last_good(self, name: str) -> str | None:
+        """The address of ``name`` that last connected through this dialer, or None."""
+        return self.memory.last(name)
+
+    def breaker_open(self, address: str, port: int) -> bool:
+        """Whether ``address``:``port`` is left out of races now (its breaker is open)."""
+        return self.breaker.is_open(Endpoint(address, port))
+
+    async def race(
+        self, name: str, addresses: Sequence[str], port: int, seconds: float
+    ) -> tuple[str | None, tuple[tuple[str, OSError], ...]]:
+        """Race ``addresses`` of ``name`` on ``port`` for at most ``seconds`` and close the
+        winner's socket at once: which address answers. Each attempt tells the breakers as
+        a tunnel's would; the memory is left alone (no tunnel ran). Returns the winner
+        (None when every attempt failed or the time ran out) and the failed attempts."""
+        config = dataclasses.replace(self.config, connect_timeout=seconds)
+        failed: list[tuple[str, OSError]] = []
+
+        def report(address: str, error: OSError | None) -> None:
+            self._report(name, Endpoint(address, port), error)
+            if error is not None:
+                failed.append((address, error))
+
+        try:
+            sock, address = await dial(addresses, port, config, name=name, on_attempt=report)
+        except (DialError, UpstreamTimeout):
+            return None, tuple(failed)
+        sock.close()
+        return address, tuple(failed)
+
     def _report(self, name: str, key: Endpoint, error: OSError | None) -> None:
         """Tell the breaker how an attempt on ``key`` of ``name`` ended."""
         if error is None:
@@ -474,3 +507,8 @@ def _describe(attempts: Sequence[tuple[str, OSError]]) -> str:
     return (
         ", ".join(f"{address}: {_errno_name(error)}" for address, error in attempts) or "no address"
     )
+
+
+def describe_attempts(attempts: Sequence[tuple[str, OSError]]) -> str:
+    """``address: ERRNO`` of each attempt, as a dial error's message lists them."""
+    return _describe(attempts)

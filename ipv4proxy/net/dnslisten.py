@@ -31,6 +31,8 @@ Rules:
   once), not the resolver's pooled client (``dnsclient``): that one parses every answer
   and drops what it cannot parse, while this listener passes the upstream's bytes on
   untouched when nothing is to be rewritten, and answers SERVFAIL to unparseable ones.
+- An A answer of several records is shaped to the address known to work
+  (``net/dnsshaper.py``, ``protocols/dnsshape.py``) before it is cached.
 - Bounded: in-flight queries, cached answers (count and bytes), rate buckets
   (``_MAX_BUCKETS``), TCP connections (``_MAX_TCP``), the size of a query, queries per TCP
   connection (pending and in all) and its idle time.
@@ -58,7 +60,10 @@ from ipv4proxy.config import Config, DnsConfig
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.log import event, lifecycle
 from ipv4proxy.metrics import Metrics
+from ipv4proxy.net.dialer import Dialer
+from ipv4proxy.net.dnsshaper import Shaper
 from ipv4proxy.net.resolver import dns_resolver, negative_ttl
+from ipv4proxy.policy import Policy
 from ipv4proxy.protocols import dnsrewrite
 from ipv4proxy.protocols.dnsrewrite import Question
 
@@ -202,7 +207,9 @@ class AnswerCache:
             for section in (message.answer, message.authority, message.additional):
                 for rrset in section:
                     rrset.ttl = max(0, rrset.ttl - elapsed)
-        return bytes(message.to_wire(max_size=_MAX_MESSAGE))
+        # In the stored order: dnspython shuffles records unless told not to, and the order
+        # of a shaped answer (dns.shape first) is what it is for.
+        return bytes(message.to_wire(max_size=_MAX_MESSAGE, want_shuffle=False))
 
 
 def _cache_ttl(message: dns.message.Message, max_ttl: float, negative_max: float) -> float | None:
@@ -261,9 +268,28 @@ def _allowed_networks(config: DnsConfig) -> tuple[ipaddress.IPv4Network, ...]:
 class DnsListener:
     """The DNS listener of one process: its sockets, cache, limits and settings."""
 
-    def __init__(self, config: Config, metrics: Metrics, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        *,
+        dialer: Callable[[], Dialer] | None = None,
+        policy: Callable[[], Policy] | None = None,
+    ) -> None:
+        """``dialer`` and ``policy`` give the proxy's own (its memory, breakers and address
+        rules, for shaping); without them the listener keeps its own."""
         self.metrics = metrics
         self._clock = clock
+        self._own_dialer = Dialer(config.dialer, clock=clock)
+        self._own_policy = Policy(config)
+        self.shaper = Shaper(
+            config,
+            metrics,
+            dialer or (lambda: self._own_dialer),
+            policy or (lambda: self._own_policy),
+            clock,
+        )
         self._servers: list[asyncio.Server] = []
         self._transports: list[asyncio.DatagramTransport] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -290,12 +316,20 @@ class DnsListener:
         """New settings for new queries; the listen addresses cannot change."""
         if config.dns.listen != self.config.dns.listen:
             raise ConfigError("dns.listen cannot change on reload; restart")
-        keep_cache = config.resolver == self.config.resolver and (
-            effective_upstreams(config) == self.upstreams
+        old = self.config.dns
+        shaping = (old.shape, old.shape_names, old.shape_ttl)
+        keep_cache = (
+            config.resolver == self.config.resolver
+            and effective_upstreams(config) == self.upstreams
+            and shaping == (config.dns.shape, config.dns.shape_names, config.dns.shape_ttl)
         )
         cache = self.cache
         self.config = config
         self._apply(config)
+        self._own_policy = Policy(config)  # used only when the proxy gave none
+        if config.dialer != self._own_dialer.config:
+            self._own_dialer = Dialer(config.dialer, clock=self._clock)
+        self.shaper.apply(config)
         if keep_cache:
             self.cache = cache
 
@@ -337,6 +371,7 @@ class DnsListener:
         self._servers = []
         for task in list(self._tasks):
             task.cancel()
+        self.shaper.close()
         for client in list(self._tcp_clients):
             client.abort()
 
@@ -392,13 +427,14 @@ class DnsListener:
             self.metrics.dns_ipv6hints_removed.inc(result.hints_removed)
         if result.aaaa_emptied:
             self.metrics.dns_aaaa_emptied.inc()
-        self.cache.put(query, result.wire)
+        wire = await self.shaper.shape(query, result.wire)
+        self.cache.put(query, wire)
         # An AAAA question the upstream answered NOERROR: answered without addresses. Its
         # NXDOMAIN or SERVFAIL went on as it came, and counts as ok.
-        noerror = (result.wire[3] & 0x0F) == dns.rcode.NOERROR
+        noerror = (wire[3] & 0x0F) == dns.rcode.NOERROR
         outcome = "nodata_aaaa" if query.qtype == dns.rdatatype.AAAA and noerror else "ok"
         self._done(client, query, outcome, started)
-        return result.wire
+        return wire
 
     def _done(self, client: str, query: Question, outcome: str, started: float | None) -> None:
         """Count and log one query; ``started`` is None for a refusal (no latency)."""

@@ -148,7 +148,7 @@ def rewrite(query: dns.message.Message, response: bytes) -> Rewritten:
         changed, emptied, hints = _strip(query, message)
         if not changed:
             return Rewritten(response)
-        return Rewritten(message.to_wire(max_size=65535), emptied, hints)
+        return Rewritten(message.to_wire(max_size=65535, want_shuffle=False), emptied, hints)
     except Exception:  # any upstream bytes: an answer or SERVFAIL, never a crash
         return Rewritten(servfail(query), servfail=True)
 

@@ -71,24 +71,24 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
-# Failures of a well-formed CONNECT whose destination cannot or may not be reached: the
-# ones ``http.connect_failure`` "close" and "reset" signal by closing (`silenced`). The
-# others keep their status: the client sent something wrong (400, 431, 408, 501), or must
-# answer a challenge (407).
-DESTINATION_FAILURES = frozenset(
-    {
-        Failure.IPV6_LITERAL,
-        Failure.DENIED,
-        Failure.NXDOMAIN,
-        Failure.NODATA,
-        Failure.DNS_FAILURE,
-        Failure.REFUSED,
-        Failure.HOST_UNREACHABLE,
-        Failure.NET_UNREACHABLE,
-        Failure.CONNECT_FAILED,
-        Failure.TIMEOUT,
-    }
-)
+# Failures of a well-formed CONNECT whose destination cannot or may not be reached, with
+# the RFC 9209 Proxy-Status error type each is named by: the ones
+# ``http.connect_failure`` "close" and "reset" signal by closing (`silenced`). The others
+# keep their status: the client sent something wrong (400, 431, 408, 501), or must answer
+# a challenge (407).
+_PROXY_STATUS = {
+    Failure.IPV6_LITERAL: "destination_ip_unroutable",
+    Failure.DENIED: "http_request_denied",
+    Failure.NXDOMAIN: 'dns_error; rcode="NXDOMAIN"',
+    Failure.NODATA: 'dns_error; rcode="NOERROR"',
+    Failure.DNS_FAILURE: "dns_error",
+    Failure.REFUSED: "connection_refused",
+    Failure.HOST_UNREACHABLE: "destination_ip_unroutable",
+    Failure.NET_UNREACHABLE: "destination_ip_unroutable",
+    Failure.CONNECT_FAILED: "destination_unavailable",
+    Failure.TIMEOUT: "connection_timeout",
+}
+DESTINATION_FAILURES = frozenset(_PROXY_STATUS)
 
 
 def silenced(protocol: ProtocolKind, error: ProxyError, connect_failure: str) -> bool:
@@ -220,22 +220,38 @@ class HttpHandshake:
 
 
 def error_response(error: ProxyError) -> bytes:
-    """The HTTP response for ``error``: its status, and ``str(error)`` as a one-line body."""
+    """The HTTP response for ``error``: its status, and ``str(error)`` as a one-line body
+    (for a failed destination, also as an RFC 9209 ``Proxy-Status`` header naming the
+    error type, which curl -v and proxy-aware clients show)."""
     status = error.failure.http_status
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    reason = " ".join(str(error).splitlines()) + "\n"
-    body = reason.encode("utf-8", "backslashreplace")
+    reason = " ".join(str(error).splitlines())
+    body = reason.encode("utf-8", "backslashreplace") + b"\n"
     extra = 'Proxy-Authenticate: Basic realm="ipv4proxy"\r\n' if status == 407 else ""
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"
+        f"{_proxy_status(error.failure, reason)}"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"{extra}Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def _proxy_status(failure: Failure, reason: str) -> str:
+    """``Proxy-Status: ipv4proxy; error=…; details="…"`` (RFC 9209) for a failed
+    destination, else nothing. ``details`` is a structured-field string: printable ASCII,
+    with ``\\`` and ``"`` escaped, anything else as ``?``."""
+    kind = _PROXY_STATUS.get(failure)
+    if kind is None:
+        return ""
+    details = "".join(
+        "\\" + char if char in '\\"' else char if " " <= char <= "~" else "?" for char in reason
+    )
+    return f'Proxy-Status: ipv4proxy; error={kind}; details="{details}"\r\n'
 
 
 def _parse_header(line: bytes) -> Header:

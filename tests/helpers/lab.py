@@ -59,6 +59,7 @@ from helpers.process import stop_process
 from helpers.programs import run_program
 
 __all__ = [
+    "AAAA_FILTER_DNS",
     "BLACKHOLES",
     "CLIENT_DNS",
     "CLIENT_GID",
@@ -66,11 +67,13 @@ __all__ = [
     "DNS_MODE_NAME",
     "DNS_PROXY_GID",
     "GATEWAY_V4",
+    "GOOD_MULTI",
     "LAB_CONNECT_TIMEOUT",
     "LAB_NAMES",
     "LAN_V4",
     "MEDIA_BLOCKS",
     "MULTI_ADDRESSES",
+    "ORDER_NAMES",
     "PROXY_DNS",
     "PROXY_GID",
     "SERVICE_V4",
@@ -109,6 +112,22 @@ DNS_PROXY_GID = 47303
 DNS_LISTEN = "127.0.0.1:53"
 # A name only the DNS-mode evidence case asks for, so its questions are all the listener's.
 DNS_MODE_NAME = "dnsmode.lab.test"
+# Shaping (docs/dns-mode.md, "Names with several A records"): three A records, the two
+# black holes and the good (slow) address, the good one listed first, in the middle, last.
+GOOD_MULTI = MULTI_ADDRESSES[2]
+ORDER_NAMES: dict[str, str] = {
+    "first": "order-first.lab.test",
+    "middle": "order-middle.lab.test",
+    "last": "order-last.lab.test",
+}
+_ORDERS = {
+    "first": [GOOD_MULTI, *BLACKHOLES],
+    "middle": [BLACKHOLES[0], GOOD_MULTI, BLACKHOLES[1]],
+    "last": [*BLACKHOLES, GOOD_MULTI],
+}
+# A plain AAAA filter for comparison (dnsmasq --filter-AAAA) on the gateway's loopback, where
+# a resolv.conf can name it (port 53); it forwards to the lab DNS server.
+AAAA_FILTER_DNS = "127.0.0.2"
 # The proxy's connect timeout in the lab, given explicitly (the failover case asserts that
 # the third address wins well before it); 10 s is also the product's default.
 LAB_CONNECT_TIMEOUT = 10.0
@@ -122,6 +141,7 @@ LAB_NAMES: dict[str, dict[str, list[str]]] = {
     "multi.lab.test": {"A": list(MULTI_ADDRESSES), "AAAA": [SERVICE_V6]},
     "v6only.lab.test": {"AAAA": [SERVICE_V6]},
     DNS_MODE_NAME: {"A": [SERVICE_V4], "AAAA": [SERVICE_V6]},
+    **{ORDER_NAMES[o]: {"A": a, "AAAA": [SERVICE_V6]} for o, a in _ORDERS.items()},
 }
 
 _PREFIX = "ipv4proxy-lab-"
@@ -484,6 +504,41 @@ class Lab:
                 if line.strip() == b"ready":
                     return True
         return False
+
+    def start_aaaa_filter(self) -> None:
+        """Start dnsmasq on the gateway at ``AAAA_FILTER_DNS``:53 with ``--filter-AAAA``,
+        forwarding to the lab DNS server, no cache (each answer in the server's order);
+        stopped by `teardown()`. Raises LabUnavailable when it does not start."""
+        log = self.workdir / "aaaa-filter.log"
+        command = [
+            *self.on_gateway(None),
+            _tool("dnsmasq"),
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            f"--listen-address={AAAA_FILTER_DNS}",
+            "--port=53",
+            f"--server={CLIENT_DNS}",
+            "--filter-AAAA",
+            "--cache-size=0",
+            f"--log-facility={log}",
+            "--user=root",
+        ]
+        stderr = (self.workdir / "aaaa-filter.stderr").open("wb")
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+        stderr.close()
+        self._processes.append(process)
+        deadline = time.monotonic() + _COMMAND_SECONDS
+        while time.monotonic() < deadline and process.poll() is None:
+            if log.exists() and "started" in log.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        problem = (self.workdir / "aaaa-filter.stderr").read_text(errors="replace")
+        raise LabUnavailable(f"dnsmasq --filter-AAAA did not start: {problem.strip()}")
 
     @property
     def pids(self) -> list[int]:

@@ -89,7 +89,10 @@ class _Dns(asyncio.DatagramProtocol):
             + "\n"
         )
         self._log.flush()
-        self._transport.sendto(self._answer(query, name, qtype).to_wire(), addr)
+        # In the zone's order: dnspython shuffles an RRset's records unless told not to,
+        # and the shaping cases need each record order as listed.
+        answer = self._answer(query, name, qtype).to_wire(want_shuffle=False)
+        self._transport.sendto(answer, addr)
 
     def _answer(self, query: dns.message.Message, name: str, qtype: str) -> dns.message.Message:
         response = dns.message.make_response(query)

@@ -19,3 +19,13 @@ def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
 def value(metrics: Metrics, name: str, **labels: str) -> float:
     """A sample's value; 0.0 when the series is absent."""
     return samples(metrics).get((name, frozenset(labels.items())), 0.0)
+
+
+def text_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` with ``labels`` in a scraped /metrics page."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

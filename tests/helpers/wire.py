@@ -45,8 +45,10 @@ class Tunnel:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    # When the connection was made (epoch seconds): its access line is logged after this,
-    # which tells it from an older line of an earlier connection that had the same port.
+    # When the client began to connect (epoch seconds): its access line is logged after
+    # this, which tells it from an older line of an earlier connection that had the same
+    # port. Taken before the connect, not after: the proxy can refuse and log a connection
+    # before the client's connect call returns.
     opened: float = field(default_factory=time.time)
 
     @property
@@ -86,9 +88,10 @@ class Tunnel:
 
 
 async def open_tunnel_socket(proxy_port: int) -> Tunnel:
+    opened = time.time()
     async with asyncio.timeout(WIRE_SECONDS):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-    return Tunnel(reader, writer)
+    return Tunnel(reader, writer, opened)
 
 
 @dataclass

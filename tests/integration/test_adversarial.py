@@ -202,12 +202,13 @@ async def test_total_connection_bound(proxy_factory: ProxyFactory, servers: Test
     proxy = proxy_factory(("--limits-max-connections", "5"))
     held = [await open_tunnel_socket(proxy.port) for _ in range(5)]
     extra = await open_tunnel_socket(proxy.port)
-    assert await _read_all(extra) == b""  # closed at once, no reply, never queued
-    fields = await proxy.access(client=extra.client, after=extra.opened)
-    assert fields["outcome"] == "TOO_MANY_CONNECTIONS", fields
-    await extra.close()
-    for tunnel in held:
-        await tunnel.close()
+    try:
+        assert await _read_all(extra) == b""  # closed at once, no reply, never queued
+        fields = await proxy.access(client=extra.client, after=extra.opened)
+        assert fields["outcome"] == "TOO_MANY_CONNECTIONS", fields
+    finally:  # a failure here must not leave sockets for the next test to trip over
+        for tunnel in (extra, *held):
+            await tunnel.close()
     for _ in range(50):  # the proxy sees the closes asynchronously: bounded retries
         try:
             await assert_serving(proxy, servers)

@@ -506,6 +506,9 @@ def test_what_a_failed_connect_gets_on_the_wire(
     request = b"CONNECT missing.test:443 HTTP/1.1\r\nHost: missing.test:443\r\n\r\n"
     got = _exchange(matrix.proxies[mode], request)
     assert got[: len(_STATUS_LINE)] == answer
+    if mode == "status":  # the cause as RFC 9209 names it, for curl -v and proxy-aware clients
+        assert isinstance(got, bytes)
+        assert b'\r\nProxy-Status: ipv4proxy; error=dns_error; rcode="NXDOMAIN"; ' in got
 
 
 @pytest.mark.parametrize("mode", MODES)

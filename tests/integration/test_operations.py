@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.net import loopback_listener
@@ -21,9 +20,6 @@ from helpers.programs import run_ipv4proxy
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
 from helpers.wire import WIRE_SECONDS, Tunnel, http_connect, socks4_connect, socks5_request
-from ipv4proxy.config import load
-from ipv4proxy.errors import ConfigError
-from ipv4proxy.server import Proxy
 
 # Bound for a proxy to exit after a stop signal, when nothing should hold it back.
 EXIT_SECONDS = 15.0
@@ -276,20 +272,6 @@ async def test_reload_under_traffic(
     assert metric(samples, "ipv4proxy_config_reloads_total", result="applied") == 1
     assert metric(samples, "ipv4proxy_config_reloads_total", result="refused") == 1
     assert proxy.alive()
-
-
-async def test_reload_refuses_a_listener_change() -> None:
-    # In process: the test harness pins --listen, which wins over any file.
-    config = load("resolver: {hosts_file: /dev/null, resolv_conf: /dev/null}")
-    proxy = Proxy(config)
-    for text, key in [
-        ("listeners: ['127.0.0.1:1']", "listeners"),
-        ("admin: {listen: '127.0.0.1:1'}", "admin.listen"),
-    ]:
-        changed = load(text + "\nresolver: {hosts_file: /dev/null, resolv_conf: /dev/null}")
-        with pytest.raises(ConfigError, match=rf"^{key} cannot change on reload; restart$"):
-            proxy.reload(changed)
-        assert proxy.config is config
 
 
 # --- JSON logs ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.lab import (
     BLACKHOLES,
@@ -46,6 +45,7 @@ from helpers.lab import (
     blackhole_counter,
     sweep_stale,
 )
+from helpers.metrics import text_sum
 from helpers.process import stop_process
 from helpers.programs import NODE_DIR, curl_command, node_command
 from helpers.proxy import REPO_ROOT, ProxyProcess
@@ -431,15 +431,6 @@ def test_broken_ipv6_path_plain_client_tries_ipv6_directly_never_in_dns_mode(
     _assert_dns_mode_evidence(lab, lab_dns_proxy, watch, mark, broken=True)
 
 
-def _metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def test_dns_mode_evidence_listener_emptied_aaaa_and_asked_upstream(
     lab: Lab, lab_dns_proxy: ProxyProcess
 ) -> None:
@@ -461,8 +452,8 @@ def test_dns_mode_evidence_listener_emptied_aaaa_and_asked_upstream(
     )
     assert page.returncode == 0, page.stderr.decode()
     metrics = page.stdout.decode()
-    assert _metric_sum(metrics, "ipv4proxy_dns_queries_total", qtype="AAAA") > 0
-    assert _metric_sum(metrics, "ipv4proxy_dns_aaaa_emptied_total") > 0
+    assert text_sum(metrics, "ipv4proxy_dns_queries_total", qtype="AAAA") > 0
+    assert text_sum(metrics, "ipv4proxy_dns_aaaa_emptied_total") > 0
     probe = lab.run_gateway([sys.executable, str(DNS_READY), DNS_LISTEN])
     assert probe.returncode == 0, probe.stderr.decode()
     # The sidecar serves both modes, and the no-tunnel check above can see a tunnel.

@@ -11,7 +11,9 @@
 // whatever resolv.conf names decides what the client sees. Prints one JSON line and exits
 // 0 on success; on failure prints `failure {JSON}` to stderr (an AggregateError, Happy
 // Eyeballs giving up, carries one error per address) and exits 1; exits 2 when nothing
-// happened within DEADLINE_MS (a hang, as on a broken IPv6 path).
+// happened within DEADLINE_MS (a hang, as on a broken IPv6 path). Each way it ends it
+// first prints `elapsed_ms N` to stderr: from just before the client resolves and
+// connects (after its modules are loaded: the deadline counts from there too) to that end.
 import { createHash } from "node:crypto";
 import https from "node:https";
 import { createRequire } from "node:module";
@@ -20,6 +22,11 @@ import WebSocket from "ws";
 const require = createRequire(import.meta.url);
 const [kind, url, deadlineText] = process.argv.slice(2);
 const DEADLINE_MS = Number(deadlineText);
+let started = performance.now();
+
+function elapsed() {
+  console.error(`elapsed_ms ${Math.round(performance.now() - started)}`);
+}
 
 function one(e) {
   return { name: e?.name ?? null, code: e?.code ?? null, message: e?.message ?? String(e), address: e?.address ?? null };
@@ -35,11 +42,13 @@ function describe(error) {
 }
 
 function fail(error) {
+  elapsed();
   console.error(`failure ${JSON.stringify(describe(error))}`);
   process.exit(1);
 }
 
 function done(result) {
+  elapsed();
   console.log(JSON.stringify(result));
   process.exit(0);
 }
@@ -85,6 +94,7 @@ const clients = {
   baileys() {
     const baileys = require("baileys");
     const makeWASocket = baileys.default ?? baileys.makeWASocket;
+    start(); // Baileys' modules are loaded: its connect starts now
     const silent = { level: "silent", child: () => silent, trace() {}, debug() {}, info() {}, warn() {}, error() {}, fatal() {} };
     const result = { opened: false, frames: 0 };
     const sock = makeWASocket({
@@ -112,9 +122,17 @@ if (!(kind in clients) || !url || !(DEADLINE_MS > 0)) {
   console.error("usage: node plain-client.mjs ws|fetch|https|baileys URL DEADLINE_MS");
   process.exit(64);
 }
-setTimeout(() => {
-  console.error(`timed out after ${DEADLINE_MS} ms`);
-  process.exit(2);
-}, DEADLINE_MS);
+// The deadline counts from the client's start (for Baileys, once its modules are loaded).
+let deadline = null;
+function start() {
+  started = performance.now();
+  clearTimeout(deadline);
+  deadline = setTimeout(() => {
+    elapsed();
+    console.error(`timed out after ${DEADLINE_MS} ms`);
+    process.exit(2);
+  }, DEADLINE_MS);
+}
 process.on("unhandledRejection", (error) => fail(error));
+start();
 clients[kind]();

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ipv4proxy.cli import parse
 from ipv4proxy.config import load
@@ -68,14 +71,33 @@ def _connect(handshake: HttpHandshake, authority: str = "example.com:443") -> Ht
     return handshake
 
 
-@pytest.mark.parametrize("mode", SILENT_MODES)
 @pytest.mark.parametrize("failure", _sorted(DESTINATION_FAILURES))
-def test_silent_modes_send_nothing_for_a_failed_connect(failure: Failure, mode: str) -> None:
+def test_a_failed_connect_in_each_mode(failure: Failure) -> None:
+    """close and reset: silenced (the session sends nothing, then a FIN or an RST:
+    tests/unit/test_session.py); status: the response, cause in Proxy-Status."""
     handshake = _connect(HttpHandshake())
     error = UpstreamError("reason", failure=failure)
-    assert silenced(handshake.protocol, error, mode)
+    for mode in SILENT_MODES:
+        assert silenced(handshake.protocol, error, mode)
     assert not silenced(handshake.protocol, error, "status")
-    assert handshake.error_reply(error) == error_response(error)
+    response = handshake.error_reply(error)
+    assert response == error_response(error)
+    assert response.startswith(b"HTTP/1.1 %d " % failure.http_status)
+    assert b'; details="reason"\r\n' in response
+
+
+_SF_STRING = re.compile(rb'"(?:[ !#-\[\]-~]|\\["\\])*"')
+
+
+@given(st.text(max_size=80))
+def test_proxy_status_details_is_a_structured_field_string(reason: str) -> None:
+    """Whatever the reason holds (quotes, backslashes, non-ASCII, line ends), the header
+    is one line of printable ASCII whose details parameter is a valid sf-string."""
+    response = error_response(UpstreamError(reason, failure=Failure.NXDOMAIN))
+    header = response.split(b"\r\n")[1]
+    prefix = b'Proxy-Status: ipv4proxy; error=dns_error; rcode="NXDOMAIN"; details='
+    assert header.startswith(prefix)
+    assert _SF_STRING.fullmatch(header[len(prefix) :]) is not None
 
 
 @pytest.mark.parametrize("mode", SILENT_MODES)

@@ -11,18 +11,11 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from helpers.clock import Clock
 from ipv4proxy.config import DnsConfig, load
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.net.dnslisten import AnswerCache, TokenBuckets, effective_upstreams, loop_problem
 from ipv4proxy.protocols import dnsrewrite
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_bucket_allows_a_burst_then_refills_with_time() -> None:

@@ -326,17 +326,24 @@ def test_success_replies() -> None:
         ),
         (
             PolicyDenied("port 25 is not allowed"),
-            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 403 Forbidden\r\n"
+            b'Proxy-Status: ipv4proxy; error=http_request_denied; details="port 25 is not allowed"'
+            b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 23\r\nConnection: close\r\n\r\nport 25 is not allowed\n",
         ),
         (
             UpstreamTimeout("example.com:443: no answer in 10s"),
-            b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 504 Gateway Timeout\r\n"
+            b"Proxy-Status: ipv4proxy; error=connection_timeout; "
+            b'details="example.com:443: no answer in 10s"\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 34\r\nConnection: close\r\n\r\nexample.com:443: no answer in 10s\n",
         ),
         (
             ProtocolError("\u00fcber\r\nX: y", failure=Failure.IPV6_LITERAL),
-            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 502 Bad Gateway\r\n"
+            b'Proxy-Status: ipv4proxy; error=destination_ip_unroutable; details="?ber X: y"\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: 11\r\nConnection: close\r\n\r\n\xc3\xbcber X: y\n",
         ),
         (

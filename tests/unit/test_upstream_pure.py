@@ -11,22 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers.clock import Clock
 from ipv4proxy.config import ParentConfig, load, redact_url
 from ipv4proxy.errors import ConfigError, Failure
-from ipv4proxy.net.breaker import Breaker, Memory
+from ipv4proxy.net.breaker import Breaker, Endpoint, Memory
 from ipv4proxy.net.dnscache import STALE_RECHECK, DnsCache, Entry
 from ipv4proxy.net.parents import Parent, matching, parents_of
 from ipv4proxy.net.resolver import negative_ttl
 from ipv4proxy.rules import domain_matches
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # --- DNS cache ----------------------------------------------------------------------------
 
@@ -103,40 +95,42 @@ def test_negative_answer_without_soa_is_not_cached() -> None:
 
 # --- breaker and memory -------------------------------------------------------------------
 
+A1, B1 = Endpoint("192.0.2.1", 1), Endpoint("192.0.2.2", 1)
+
 
 def test_breaker_opens_after_n_failures_then_half_opens_then_closes() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     breaker = Breaker(threshold=3, cooldown=30, clock=clock)
-    assert breaker.failure("a:1") is False
-    assert breaker.failure("a:1") is False
-    assert breaker.state("a:1") == "closed"
-    assert breaker.failure("a:1") is True
-    assert breaker.state("a:1") == "open"
-    assert breaker.select(["a:1", "b:1"]) == ["b:1"]
+    assert breaker.failure(A1) is False
+    assert breaker.failure(A1) is False
+    assert breaker.state(A1) == "closed"
+    assert breaker.failure(A1) is True
+    assert breaker.state(A1) == "open"
+    assert breaker.select([A1, B1]) == [B1]
     clock.now = 30
-    assert breaker.state("a:1") == "half-open"
-    assert breaker.select(["a:1", "b:1"]) == ["a:1", "b:1"]
-    assert breaker.failure("a:1") is True  # one failure when half-open opens it again
-    assert breaker.state("a:1") == "open"
+    assert breaker.state(A1) == "half-open"
+    assert breaker.select([A1, B1]) == [A1, B1]
+    assert breaker.failure(A1) is True  # one failure when half-open opens it again
+    assert breaker.state(A1) == "open"
     clock.now = 60
-    assert breaker.success("a:1") is True
-    assert breaker.state("a:1") == "closed"
-    assert breaker.success("a:1") is False
+    assert breaker.success(A1) is True
+    assert breaker.state(A1) == "closed"
+    assert breaker.success(A1) is False
 
 
 def test_success_resets_the_count_of_consecutive_failures() -> None:
-    breaker = Breaker(threshold=2, cooldown=30, clock=Clock())
-    breaker.failure("a:1")
-    breaker.success("a:1")
-    assert breaker.failure("a:1") is False
+    breaker = Breaker(threshold=2, cooldown=30, clock=Clock(0.0))
+    breaker.failure(A1)
+    breaker.success(A1)
+    assert breaker.failure(A1) is False
 
 
 def test_when_every_address_is_open_all_are_tried() -> None:
-    breaker = Breaker(threshold=1, cooldown=30, clock=Clock())
-    breaker.failure("a:1")
-    breaker.failure("b:1")
-    assert breaker.select(["a:1", "b:1"]) == ["a:1", "b:1"]
-    assert breaker.failure("a:1") is False  # already open: the opening was reported once
+    breaker = Breaker(threshold=1, cooldown=30, clock=Clock(0.0))
+    breaker.failure(A1)
+    breaker.failure(B1)
+    assert breaker.select([A1, B1]) == [A1, B1]
+    assert breaker.failure(A1) is False  # already open: the opening was reported once
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, min_size=1), st.data())

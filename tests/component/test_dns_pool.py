@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from helpers.clock import Clock
 from helpers.dnsfake import ScriptedNameserver
 from ipv4proxy.config import ResolverConfig
 from ipv4proxy.errors import Failure, ResolveError
@@ -23,14 +24,6 @@ from ipv4proxy.net.resolver import Resolver
 # Bounds for the waits below: polls of the event loop, and seconds.
 _POLLS = 400
 _POLL_SECONDS = 0.025
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_resolver(

@@ -11,34 +11,21 @@ load generator and Linux /proc.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.bench import NEEDS_LOADGEN, run_module
 
 SCENARIOS = {"download_stalled", "upload_stalled", "slow_heads", "unanswered_names", "refused"}
 FIELDS = ("base_kib", "peak_kib", "peak_sampled_kib", "after_kib")
 
+pytestmark = NEEDS_LOADGEN
 
-@pytest.mark.skipif(
-    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
-)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
 @pytest.mark.timeout(120)
 def test_quick_abuse_run_reports_every_scenario(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.abuse", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_module("benchmarks.abuse", "--quick", "--out", str(tmp_path), timeout=110)
     (report_file,) = tmp_path.glob("*-abuse-quick.json")
     report = json.loads(report_file.read_text(encoding="utf-8"))
     assert report["mode"] == "quick"

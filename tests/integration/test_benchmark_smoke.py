@@ -7,14 +7,11 @@ people (benchmarks/README.md). Needs a C compiler for the load generator and Lin
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.bench import NEEDS_LOADGEN, ROOT, run_module
 
 # metric -> fields that must be positive numbers in any run that worked
 EXPECTED = {
@@ -41,22 +38,12 @@ EXPECTED = {
     "black_hole": ("path_handshake_s", "handshake_s", "worst_handshake_s", "budget_s"),
 }
 
+pytestmark = NEEDS_LOADGEN
 
-@pytest.mark.skipif(
-    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
-)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
 @pytest.mark.timeout(90)
 def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_module("benchmarks", "--smoke", "--out", str(tmp_path), timeout=80)
     (report_file,) = tmp_path.glob("*.json")
     report = json.loads(report_file.read_text(encoding="utf-8"))
     assert report["mode"] == "smoke"
@@ -72,3 +59,17 @@ def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
     assert metrics["idle_memory"]["verified_live"] == [low, high]
     assert {t["metric"] for t in report["targets"]} == set(EXPECTED)
     assert (tmp_path / report_file.name.replace(".json", ".md")).is_file()
+
+
+@pytest.mark.timeout(90)
+def test_ab_run_reports_every_figure_for_both_trees(tmp_path: Path) -> None:
+    """``benchmarks.ab`` with this checkout as the other tree too: one quick round."""
+    quick = ["--quick", "--rounds", "1", "--out", str(tmp_path)]
+    done = run_module("benchmarks.ab", str(ROOT), *quick, timeout=80)
+    rows = [line for line in done.stdout.splitlines() if "is better) |" in line]
+    assert len(rows) == 6, done.stdout  # every figure, two cells each
+    (report_file,) = tmp_path.glob("ab-*.json")
+    runs = json.loads(report_file.read_text(encoding="utf-8"))["runs"]
+    assert [len(tree_runs) for tree_runs in runs.values()] == [1, 1]
+    for (tree_run,) in runs.values():
+        assert all(value > 0 for key, value in tree_run.items() if key != "rtt_added_p50_us")

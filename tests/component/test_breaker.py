@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from helpers.clock import Clock
 from helpers.net import black_hole_beside_listener, loopback_listener
 from ipv4proxy.config import DialerConfig
 from ipv4proxy.errors import DialError, UpstreamTimeout
@@ -21,14 +22,6 @@ from ipv4proxy.net.dialer import Dialer, tcp_connect
 FAST = DialerConfig(
     attempt_delay=0.05, connect_timeout=0.5, breaker_failures=3, breaker_cooldown=30.0
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -51,7 +44,7 @@ def good() -> Iterator[socket.socket]:
 
 async def test_the_address_that_last_connected_goes_first(good: socket.socket) -> None:
     port = good.getsockname()[1]
-    dialer = Dialer(DialerConfig(attempt_delay=5.0, connect_timeout=5.0), clock=Clock())
+    dialer = Dialer(DialerConfig(attempt_delay=5.0, connect_timeout=5.0), clock=Clock(0.0))
     first = Recorder()
     sock, address = await dialer.dial("n.test", ["127.0.0.2", "127.0.0.1"], port, connect=first)
     sock.close()
@@ -64,7 +57,7 @@ async def test_the_address_that_last_connected_goes_first(good: socket.socket) -
 
 async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.socket) -> None:
     port = good.getsockname()[1]
-    clock = Clock()
+    clock = Clock(0.0)
     dialer = Dialer(FAST, clock=clock)
     addresses = ["127.0.0.3", "127.0.0.1"]
     # Fresh names each time, so memory does not reorder and the breaker alone decides.
@@ -102,7 +95,7 @@ async def test_refusing_address_opens_then_half_opens_then_closes(good: socket.s
 async def test_black_hole_opens_and_then_costs_nothing() -> None:
     """A black hole listed first: three timeouts open it, then the next address is dialled
     at once instead of after a timeout."""
-    clock = Clock()
+    clock = Clock(0.0)
     # The delay outlasts the timeout, so each race times out on the black hole alone.
     config = DialerConfig(
         attempt_delay=5.0, connect_timeout=0.3, breaker_failures=3, breaker_cooldown=30.0
@@ -122,7 +115,7 @@ async def test_black_hole_opens_and_then_costs_nothing() -> None:
 
 
 async def test_a_name_whose_every_address_is_open_still_tries_them() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     dialer = Dialer(DialerConfig(breaker_failures=1, connect_timeout=2.0), clock=clock)
     refusing = socket.socket()
     refusing.bind(("127.0.0.1", 0))

@@ -12,18 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from helpers.clock import Clock
 from helpers.dnsserver import DnsServer
 from ipv4proxy.config import ResolverConfig
 from ipv4proxy.errors import Failure, ResolveError
 from ipv4proxy.net.resolver import Resolver
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
