@@ -37,6 +37,7 @@ from helpers.process import stop_process
 
 __all__ = [
     "HOST_RECORDS",
+    "ISOLATED",
     "TRAP_DOMAIN",
     "DnsQuery",
     "Dnsmasq",
@@ -107,6 +108,19 @@ def _free_udp_port() -> int:
     raise DnsmasqUnavailable(f"no free port for dnsmasq in {_PORT_RANGE}")
 
 
+# A dnsmasq that reads no file of the machine's and keeps to the address it is given:
+# no config file, no pid file, no resolv.conf, no /etc/hosts, bound to its one address.
+ISOLATED = (
+    "--keep-in-foreground",
+    "--conf-file=/dev/null",
+    "--pid-file=",
+    "--no-resolv",
+    "--no-hosts",
+    "--no-poll",
+    "--bind-interfaces",
+)
+
+
 class Dnsmasq:
     """A dnsmasq process on 127.0.0.1:`port`; use `start()` / `stop()` or a with-block."""
 
@@ -122,13 +136,7 @@ class Dnsmasq:
     def _command(self, binary: str, port: int) -> list[str]:
         command = [
             binary,
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
+            *ISOLATED,
             "--listen-address=127.0.0.1",
             f"--port={port}",
             "--log-queries=extra",

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import trustme
 
+from helpers.dnsmasq import ISOLATED
 from helpers.net import client_env
 from helpers.process import stop_process
 from helpers.programs import run_program
@@ -513,13 +514,7 @@ class Lab:
         command = [
             *self.on_gateway(None),
             _tool("dnsmasq"),
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
+            *ISOLATED,
             f"--listen-address={AAAA_FILTER_DNS}",
             "--port=53",
             f"--server={CLIENT_DNS}",
