@@ -46,7 +46,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,22 +185,28 @@ def played(
     podman: Podman, image: str, base: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PlayedPod]:
     srv = tmp_path_factory.mktemp("pod-srv")
-    for script in ("gateway.py", "origin.py"):
-        (srv / script).write_text((CONTAINERS / script).read_text())
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(srv / "ca.pem"))
     leaf = ca.issue_cert(ORIGIN_NAME)
     leaf.private_key_pem.write_to_path(str(srv / "origin.key"))
     leaf.cert_chain_pems[0].write_to_path(str(srv / "origin.pem"))
-    for path in srv.iterdir():
-        path.chmod(0o644)  # the gateway reads them as uid 10001
-    srv.chmod(0o755)
+    _serve(srv, ("gateway.py", "origin.py"))
     name = f"ipv4proxy-classic-{os.getpid()}"
     pod = _play(podman, _played(image, base, srv, name), srv)
     try:
         yield pod
     finally:
         pod.remove()
+
+
+def _serve(srv: Path, scripts: Sequence[str]) -> None:
+    """Put ``scripts`` (tests/helpers/containers) into ``srv``, the directory the pod's
+    containers mount, and make all of it readable: the containers run as uid 10001."""
+    for script in scripts:
+        (srv / script).write_text((CONTAINERS / script).read_text())
+    for path in srv.iterdir():
+        path.chmod(0o644)
+    srv.chmod(0o755)
 
 
 def _wait_for_records(pod: PlayedPod) -> list[dict[str, Any]]:
@@ -338,10 +344,7 @@ def played_dns(
     podman: Podman, image: str, base: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PlayedPod]:
     srv = tmp_path_factory.mktemp("pod-dns-srv")
-    for script in ("gateway.py", "origin.py", "dnsorigin.py"):
-        (srv / script).write_text((CONTAINERS / script).read_text())
-        (srv / script).chmod(0o644)
-    srv.chmod(0o755)
+    _serve(srv, ("gateway.py", "origin.py", "dnsorigin.py"))
     name = f"ipv4proxy-dns-{os.getpid()}"
     pod = _play(podman, _played_dns(image, base, srv, name), srv)
     try:
