@@ -129,6 +129,7 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.started = 0.0
         self.young_exits = 0
+        self.ready_once = False  # has answered ready since the supervisor started
         self.page: podmetrics.Page = []
 
     @property
@@ -167,6 +168,7 @@ class Supervisor:
         self.force = asyncio.Event()
         self.killed = False
         self.pod_admin = ""
+        self.announced = False  # "ready" logged
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the admin endpoints (admin.Endpoints) -----------------------------------------
@@ -222,9 +224,7 @@ class Supervisor:
                 worker = _Worker(WorkerRole(index, self.count, ports, admin_path, self.pod_admin))
                 self.workers.append(worker)
                 self._tasks.append(loop.create_task(self._keep(worker), name=worker.name))
-            announce = loop.create_task(self._announce_ready(), name="workers-ready")
             await self.stopping.wait()
-            announce.cancel()
             return await self._drain(admin)
         finally:
             for sock in self.held:
@@ -281,7 +281,9 @@ class Supervisor:
                     worker=worker.role.index,
                     pid=pid,
                 )
+                ready = loop.create_task(self._announce_ready(worker, pid), name="ready")
                 returncode = await worker.process.wait()
+                ready.cancel()
                 self.metrics.workers.dec()
                 self.kept = podmetrics.retire(self.kept, worker.page)
                 worker.page = []
@@ -313,11 +315,16 @@ class Supervisor:
             if not self.stopping.is_set():
                 self.metrics.restarts.inc()
 
-    async def _announce_ready(self) -> None:
-        """Log "ready" once every worker is (as one process logs it once it listens)."""
-        while await self.not_ready() is not None:  # noqa: ASYNC110 - asks other processes
+    async def _announce_ready(self, worker: _Worker, pid: int) -> None:
+        """Log once ``worker`` answers ready, and "ready" once every worker first is (as
+        one process logs it once it listens). Cancelled when the worker exits."""
+        while (await self._ask(worker, "/readyz"))[0] != 200:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.1)
-        lifecycle(log, "ready", f"ready: {self.count} workers", workers=self.count)
+        worker.ready_once = True
+        lifecycle(log, "worker_ready", f"{worker.name} ready (pid {pid})", worker=worker.role.index)
+        if not self.announced and all(w.ready_once for w in self.workers):
+            self.announced = True
+            lifecycle(log, "ready", f"ready: {self.count} workers", workers=self.count)
 
     def _on_stop(self, signum: signal.Signals) -> None:
         if self.stopping.is_set():
@@ -332,9 +339,12 @@ class Supervisor:
                 f"{grace:g} s is cut",
                 grace_period=grace,
             )
+        # The second is passed on as SIGINT: two SIGTERMs sent before a busy worker ran
+        # would reach it as one (the kernel keeps one pending signal of each number).
+        forward = signal.SIGINT if self.stopping.is_set() else signal.SIGTERM
         self.stopping.set()
         for worker in self.workers:
-            worker.signal(signal.SIGTERM)
+            worker.signal(forward)
 
     async def _drain(self, admin: Admin | None) -> int:
         """Wait for every worker to exit (killing what is left past the grace period and
