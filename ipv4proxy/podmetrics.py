@@ -29,7 +29,18 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-__all__ = ["POD_FAMILIES", "Page", "WorkerMetrics", "parse", "render", "retire", "total"]
+from ipv4proxy.metrics import Series
+
+__all__ = [
+    "POD_FAMILIES",
+    "WORKER_SERIES",
+    "Page",
+    "WorkerMetrics",
+    "parse",
+    "render",
+    "retire",
+    "total",
+]
 
 Page = list[Metric]
 
@@ -121,18 +132,29 @@ def render(
     return generate_latest(registry) + generate_latest(own)
 
 
+# The supervisor's own series, on the pod's page after the summed ones (rendered into
+# docs/reference/metrics.md after `metrics.SERIES`).
+WORKER_SERIES = (
+    Series(
+        "workers",
+        "ipv4proxy_workers",
+        "gauge",
+        "Worker processes running now (workers: N above 1 only)",
+    ),
+    Series(
+        "restarts",
+        "ipv4proxy_worker_restarts",
+        "counter",
+        "Worker processes started again after one exited unexpectedly (workers: N above 1 only)",
+    ),
+)
+
+
 class WorkerMetrics:
-    """The supervisor's own series (docs/reference/metrics.md lists them too)."""
+    """The supervisor's own series (`WORKER_SERIES`)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.workers = Gauge(
-            "ipv4proxy_workers",
-            "Worker processes running now (workers: N; each restarted when it exits)",
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            "ipv4proxy_worker_restarts",
-            "Worker processes started again after one exited unexpectedly",
-            registry=self.registry,
-        )
+        workers, restarts = WORKER_SERIES
+        self.workers = Gauge(workers.name, workers.help, registry=self.registry)
+        self.restarts = Counter(restarts.name, restarts.help, registry=self.registry)
