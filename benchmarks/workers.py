@@ -1,0 +1,132 @@
+"""The workers row: new tunnels per second through 1 worker and through 2 (``workers: N``).
+
+Both proxies may run on every core of the machine (their whole process tree is given the
+suite's proxy and load cores once every worker is ready), while the load generator and
+its echo server stay pinned to the load core, as in every other row. On a 2-core machine
+that gives the proxy both cores and the load generator a share of one of them, so the
+two workers do not have two whole cores: the scaling is a floor, not the ceiling. The two
+proxies run side by side and their runs alternate, so drift on the machine touches both.
+Proxy CPU is the whole tree's (the supervisor and every worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.procs import Procs, cpu_seconds, free_port
+
+__all__ = ["markdown_rows", "workers_rate"]
+
+Metric = dict[str, Any]
+
+_READY_SECONDS = 20.0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as file:
+            return [pid, *map(int, file.read().split())]
+    except OSError:
+        return [pid]
+
+
+def _tree_cpu(pid: int) -> float:
+    total = 0.0
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):  # a worker gone since the listing
+            total += cpu_seconds(member)
+    return total
+
+
+def _ready(port: int) -> None:
+    """Wait, bounded, until the admin listener says every worker is ready."""
+    deadline = time.monotonic() + _READY_SECONDS
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"the proxy's /readyz on port {port} was not 200 within 20 s")
+
+
+def _start(procs: Procs, hosts: Path, count: int, cpus: set[int]) -> tuple[int, int]:
+    admin = free_port()
+    pid, port = procs.proxy(
+        hosts, ["--workers", str(count), "--admin-listen", f"127.0.0.1:{admin}"]
+    )
+    _ready(admin)
+    for member in _tree(pid):  # from the proxy's one core to every core, workers included
+        os.sched_setaffinity(member, cpus)
+    return pid, port
+
+
+def workers_rate(procs: Procs, settings: Any, hosts: Path) -> Metric:
+    """HTTP CONNECT tunnels/s at the suite's concurrency, 1 worker against 2."""
+    cpus = {core for core in (procs.cores.proxy, procs.cores.load) if core is not None}
+    cpus = cpus or set(os.sched_getaffinity(0))
+    server, server_port = procs.server("echo-server")
+    proxies = {count: _start(procs, hosts, count, cpus) for count in (1, 2)}
+    common = ["--target", f"127.0.0.1:{server_port}", "--conns", str(settings.concurrency)]
+    common += ["--seconds", str(settings.seconds), "--proto", "connect"]
+    runs: dict[int, list[Metric]] = {1: [], 2: []}
+    for _ in range(settings.reps):
+        for count, (pid, port) in proxies.items():
+            before, server_before = _tree_cpu(pid), cpu_seconds(server)
+            started = time.monotonic()
+            report = procs.client(
+                "rate", [*common, "--proxy", f"127.0.0.1:{port}"], settings.seconds * 1.2 + 60
+            )
+            wall = time.monotonic() - started
+            load = report["process_cpu_seconds"] + cpu_seconds(server) - server_before
+            report["proxy_cpu_pct"] = round(100 * (_tree_cpu(pid) - before) / wall, 1)
+            report["loadgen_cpu_pct"] = round(100 * load / wall, 1)
+            runs[count].append(report)
+    for pid, _ in proxies.values():
+        procs.stop(pid)
+    procs.stop(server)
+    medians = {
+        count: sorted(r, key=lambda x: x["per_second"])[len(r) // 2] for count, r in runs.items()
+    }
+    one, two = medians[1], medians[2]
+    return {
+        "protocol": "connect",
+        "concurrency": settings.concurrency,
+        "proxy_cpus": sorted(cpus),
+        "load_cpu": procs.cores.load,
+        "one_worker_per_second": round(float(one["per_second"]), 1),
+        "two_workers_per_second": round(float(two["per_second"]), 1),
+        "scaling": round(two["per_second"] / one["per_second"], 2),
+        "one_worker_cpu_pct": one["proxy_cpu_pct"],
+        "two_workers_cpu_pct": two["proxy_cpu_pct"],
+        "one_worker_loadgen_cpu_pct": one["loadgen_cpu_pct"],
+        "two_workers_loadgen_cpu_pct": two["loadgen_cpu_pct"],
+        "errors": sum(r["errors"] for rs in runs.values() for r in rs),
+        "runs": {"1": runs[1], "2": runs[2]},
+    }
+
+
+def markdown_rows(w: Metric) -> list[str]:
+    """The workers rows of the report's table (its columns: Measure, Direct, ipv4proxy,
+    Ratio, Target, Met, Proxy CPU, Load-gen CPU)."""
+    cpus = ",".join(map(str, w["proxy_cpus"]))
+    return [
+        f"| New tunnels/s, HTTP CONNECT, 1 worker (proxy on CPUs {cpus}, load on CPU "
+        f"{w['load_cpu']}) | | {w['one_worker_per_second']:,.0f} | | | "
+        f"| {w['one_worker_cpu_pct']}% | {w['one_worker_loadgen_cpu_pct']}% |",
+        f"| ↳ 2 workers, same cores | | {w['two_workers_per_second']:,.0f} "
+        f"| {w['scaling']:.2f}x | >= 1.8x "
+        f"| {'yes' if w['scaling'] >= 1.8 else '**no**'} | {w['two_workers_cpu_pct']}% "
+        f"| {w['two_workers_loadgen_cpu_pct']}% |",
+    ]
