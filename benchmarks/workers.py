@@ -1,5 +1,9 @@
 """The workers row: new tunnels per second through 1 worker and through 2 (``workers: N``).
 
+    python3 -m benchmarks              runs it with the rest of the suite
+    python3 -m benchmarks.workers      this row alone, full sizes (~30 s); --out DIR keeps
+                                       the JSON and Markdown (DATE-workers.json, .md)
+
 Both proxies may run on every core of the machine (their whole process tree is given the
 suite's proxy and load cores once every worker is ready), while the load generator and
 its echo server stay pinned to the load core, as in every other row. On a 2-core machine
@@ -11,14 +15,19 @@ Proxy CPU is the whole tree's (the supervisor and every worker).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import datetime
 import http.client
+import json
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import Procs, cpu_seconds, free_port
+from benchmarks.procs import Cores, Procs, build_loadgen, cpu_seconds, free_port
 
 __all__ = ["markdown_rows", "workers_rate"]
 
@@ -112,6 +121,10 @@ def workers_rate(procs: Procs, settings: Any, hosts: Path) -> Metric:
         "two_workers_cpu_pct": two["proxy_cpu_pct"],
         "one_worker_loadgen_cpu_pct": one["loadgen_cpu_pct"],
         "two_workers_loadgen_cpu_pct": two["loadgen_cpu_pct"],
+        # CPU per tunnel, the whole tree's: equal for 1 and 2 workers means the rate grows
+        # with the CPU the workers get, and a shortfall from 2x is CPU they did not get.
+        "one_worker_cpu_us_per_tunnel": round(one["proxy_cpu_pct"] / one["per_second"] * 1e4, 1),
+        "two_workers_cpu_us_per_tunnel": round(two["proxy_cpu_pct"] / two["per_second"] * 1e4, 1),
         "errors": sum(r["errors"] for rs in runs.values() for r in rs),
         "runs": {"1": runs[1], "2": runs[2]},
     }
@@ -124,9 +137,52 @@ def markdown_rows(w: Metric) -> list[str]:
     return [
         f"| New tunnels/s, HTTP CONNECT, 1 worker (proxy on CPUs {cpus}, load on CPU "
         f"{w['load_cpu']}) | | {w['one_worker_per_second']:,.0f} | | | "
-        f"| {w['one_worker_cpu_pct']}% | {w['one_worker_loadgen_cpu_pct']}% |",
+        f"| {w['one_worker_cpu_pct']}% ({w['one_worker_cpu_us_per_tunnel']:.0f} µs/tunnel) "
+        f"| {w['one_worker_loadgen_cpu_pct']}% |",
         f"| ↳ 2 workers, same cores | | {w['two_workers_per_second']:,.0f} "
         f"| {w['scaling']:.2f}x | >= 1.8x "
         f"| {'yes' if w['scaling'] >= 1.8 else '**no**'} | {w['two_workers_cpu_pct']}% "
+        f"({w['two_workers_cpu_us_per_tunnel']:.0f} µs/tunnel) "
         f"| {w['two_workers_loadgen_cpu_pct']}% |",
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.report import machine  # noqa: PLC0415 - report imports this module
+    from benchmarks.suite import FULL, HOSTS  # noqa: PLC0415 - suite imports this module
+
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.workers", description=__doc__)
+    parser.add_argument("--out", type=Path, help="directory for DATE-workers.json and .md")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="ipv4proxy-bench-") as tmp:
+        workdir = Path(tmp)
+        hosts = workdir / "hosts"
+        hosts.write_text(HOSTS, encoding="utf-8")
+        procs = Procs(workdir, Cores.pick(True), build_loadgen(workdir))
+        try:
+            metric = workers_rate(procs, FULL, hosts)
+        finally:
+            procs.close()
+    now = datetime.datetime.now(datetime.UTC)
+    report = {
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "settings": {"seconds": FULL.seconds, "reps": FULL.reps},
+        "workers": metric,
+    }
+    header = "| Measure | Direct | ipv4proxy | Ratio | Target | Met | Proxy CPU | Load-gen CPU |"
+    table = "\n".join([header, "|---|---:|---:|---:|---|:-:|---:|---:|", *markdown_rows(metric)])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / (now.strftime("%Y-%m-%d") + "-workers")
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+        stem.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

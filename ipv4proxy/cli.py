@@ -474,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(to_yaml(config), end="")
         sys.exit(1 if unusable else 0)
     setup_logging(config.log.level, config.log.format, access=config.log.access)
-    for warning in unknown:
+    for warning in unknown if role is None else ():  # a worker's are its supervisor's
         log.warning("%s", warning)
     if command == "doctor":
         try:

@@ -130,11 +130,21 @@ class _Worker:
         self.started = 0.0
         self.young_exits = 0
         self.ready_once = False  # has answered ready since the supervisor started
+        self.ready = False  # the current process has answered ready
+        # A SIGHUP that came while the current process was starting: sent once it is
+        # ready (a process that has not set its handler yet would die of it).
+        self.reload_pending = False
         self.page: podmetrics.Page = []
 
     @property
     def name(self) -> str:
         return f"worker {self.role.index}"
+
+    def reload(self) -> None:
+        if self.ready:
+            self.signal(signal.SIGHUP)
+        else:
+            self.reload_pending = True
 
     def signal(self, signum: signal.Signals) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -264,6 +274,7 @@ class Supervisor:
         argv = [sys.executable, "-m", "ipv4proxy", *self.argv]
         while not self.stopping.is_set():
             worker.started = loop.time()
+            worker.ready = worker.reload_pending = False  # a new process reads the file
             try:
                 worker.process = await asyncio.create_subprocess_exec(
                     *argv, env=env, stdin=asyncio.subprocess.PIPE, start_new_session=True
@@ -273,6 +284,8 @@ class Supervisor:
                 status = f"could not be started ({exc})"
             else:
                 pid = worker.process.pid
+                if self.stopping.is_set():  # the stop came while it was being started
+                    worker.signal(signal.SIGTERM)
                 self.metrics.workers.inc()
                 lifecycle(
                     log,
@@ -320,7 +333,10 @@ class Supervisor:
         one process logs it once it listens). Cancelled when the worker exits."""
         while (await self._ask(worker, "/readyz"))[0] != 200:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.1)
-        worker.ready_once = True
+        worker.ready_once = worker.ready = True
+        if worker.reload_pending:
+            worker.reload_pending = False
+            worker.signal(signal.SIGHUP)
         lifecycle(log, "worker_ready", f"{worker.name} ready (pid {pid})", worker=worker.role.index)
         if not self.announced and all(w.ready_once for w in self.workers):
             self.announced = True
@@ -384,7 +400,7 @@ class Supervisor:
         self.reloads["applied"] += 1
         setup_logging(new.log.level, new.log.format, access=new.log.access)
         for worker in self.workers:
-            worker.signal(signal.SIGHUP)
+            worker.reload()
         changed = changed_keys(old, new)
         lifecycle(
             log,

@@ -16,8 +16,12 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import dns.message
+import dns.query
+import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.dnsmasq import Dnsmasq
 from helpers.programs import run_ipv4proxy
 from helpers.proxy import ProxyFactory, ProxyProcess
 from helpers.servers import TestServers
@@ -78,6 +82,17 @@ async def worker_page(path: str) -> dict[tuple[str, frozenset[tuple[str, str]]],
 
 
 OPENED = "ipv4proxy_tunnels_opened_total"
+
+
+async def lines_in(proxy: ProxyProcess, text: str, count: int, since: int) -> None:
+    """Wait, bounded, until ``count`` lines from ``since`` on hold ``text``."""
+    lines: list[str] = []
+    for _ in range(SETTLE_TRIES):
+        lines = [line for line in proxy.logs()[since:] if text in line]
+        if len(lines) >= count:
+            break
+        await asyncio.sleep(SETTLE_PAUSE)
+    assert len(lines) == count, proxy.logs()[since:]
 
 
 async def make_tunnels(proxy: ProxyProcess, servers: TestServers, count: int) -> None:
@@ -178,8 +193,7 @@ async def test_sigterm_drains_every_worker_and_exits_0(
     mark = proxy.mark()
     proxy.send_signal(signal.SIGTERM)
     await wait_line(proxy, "SIGTERM: draining 2 workers", mark)
-    for _ in range(2):
-        await wait_line(proxy, "draining: not ready, listeners closed", mark)
+    await lines_in(proxy, "draining: not ready, listeners closed", 2, mark)  # every worker
     assert await admin_get(proxy, "/readyz") == (503, "draining\n")
     assert await admin_get(proxy, "/healthz") == (200, "ok\n")
     assert await refused_new_connection(proxy.port)
@@ -221,12 +235,7 @@ async def test_sighup_reaches_every_worker_and_a_bad_file_is_refused_once(
     proxy.send_signal(signal.SIGHUP)
     await wait_line(proxy, "passed to 2 workers", mark)
     changed = "reloaded configuration; changed: policy.deny_domains"
-    for _ in range(SETTLE_TRIES):  # each worker logs its own line once it has reloaded
-        lines = [line for line in proxy.logs()[mark:] if changed in line]
-        if len(lines) == 3:
-            break
-        await asyncio.sleep(SETTLE_PAUSE)
-    assert len(lines) == 3, proxy.logs()[mark:]  # the supervisor's and each worker's
+    await lines_in(proxy, changed, 3, mark)  # the supervisor's, and each worker's once reloaded
     for _ in range(20):  # new connections, spread over both workers: each denies
         denied, reply = await http_connect(proxy.port, f"dual.test:{servers.echo_port}")
         assert reply.status == 403, reply
@@ -303,3 +312,32 @@ def test_workers_auto_and_too_small_a_limit_in_check_config() -> None:
     assert f"limits.max_connections: {cpus} cannot be shared by {cpus + 1} workers" in (
         result.stderr
     )
+
+
+_DNS_LINE = re.compile(r"dns listening on 127\.0\.0\.1:(\d+) \(udp, tcp\)")
+
+
+async def test_dns_listener_runs_in_worker_0_only(
+    proxy_factory: ProxyFactory, dnsmasq: Dnsmasq
+) -> None:
+    dns_args = ("--dns-listen", "127.0.0.1:0", "--dns-upstreams", f"127.0.0.1:{dnsmasq.port}")
+    proxy = proxy_factory((*WORKERS, *dns_args))
+    await started_workers(proxy)
+    lines = [found for line in proxy.logs() if (found := _DNS_LINE.search(line))]
+    assert len(lines) == 1, proxy.logs()  # one listener: one cache, one rate limit per client
+    port = int(lines[0][1])
+    for ask in (dns.query.udp, dns.query.tcp):
+        answer = await asyncio.to_thread(
+            ask, dns.message.make_query("v4.test", "A"), "127.0.0.1", port=port, timeout=3.0
+        )
+        assert [r.address for rrset in answer.answer for r in rrset] == ["127.0.0.1"]
+        empty = await asyncio.to_thread(
+            ask, dns.message.make_query("dual.test", "AAAA"), "127.0.0.1", port=port, timeout=3.0
+        )
+        assert empty.rcode() == dns.rcode.NOERROR
+        assert not empty.answer
+    samples = await scrape(proxy)
+    asked = sum(
+        value for (name, _), value in samples.items() if name == "ipv4proxy_dns_queries_total"
+    )
+    assert asked == 4
