@@ -69,7 +69,7 @@ from ipv4proxy.protocols.host import parse_authority
 from ipv4proxy.rules import parse_users
 from ipv4proxy.server import Proxy, local_addresses_now
 from ipv4proxy.supervisor import Supervisor
-from ipv4proxy.workers import WorkerRole, shared, worker_count
+from ipv4proxy.workers import CUT_SIGNAL, WorkerRole, shared, worker_count
 
 __all__ = ["build_policy", "main", "parse"]
 
@@ -289,15 +289,24 @@ async def run(
     force = asyncio.Event()
 
     def on_stop(signum: signal.Signals) -> None:
-        if stop.is_set():
-            lifecycle(log, "stopping_now", f"second {signum.name}: cutting every tunnel now")
+        # A worker takes every SIGTERM/SIGINT as one stop: one sent to the whole group
+        # (systemd's default KillMode) and the supervisor's own must not cut its tunnels;
+        # the supervisor asks for the cut with CUT_SIGNAL.
+        if stop.is_set() and (role is None or signum == CUT_SIGNAL):
+            what = "the supervisor's second stop" if role else f"second {signum.name}"
+            lifecycle(log, "stopping_now", f"{what}: cutting every tunnel now")
             force.set()
         stop.set()
+
+    def on_cut() -> None:
+        stop.set()  # a cut is a stop too, whichever signal came first
+        on_stop(CUT_SIGNAL)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     proxy = Proxy(config, policy=policy)
     if role is not None:
+        loop.add_signal_handler(CUT_SIGNAL, on_cut)
         proxy.reuse_port = True
         loop.add_reader(0, _parent_gone, loop, stop)
     dns_listener = None

@@ -10,8 +10,9 @@ one port and speaks for them (docs/operations.md, "Workers").
     admin      /healthz: this process answers; /readyz: every worker answers ready;
                /metrics: every worker's page summed (`podmetrics`)
     SIGTERM    (or SIGINT) passed on to every worker, which drains as one process does;
-               exit 0 once all exited; a second one is passed on too (they cut their
-               tunnels) and the exit is 1, as is one after a worker had to be killed
+               exit 0 once all exited; a second one is passed on as `CUT_SIGNAL` (they
+               cut their tunnels) and the exit is 1, as is one after a worker had to
+               be killed
     SIGHUP     the configuration is checked here (a bad one is refused with one line),
                then each worker re-reads it as one process does
     exit       a worker that exits unexpectedly is started again after a backoff (0.5 s,
@@ -41,7 +42,7 @@ from ipv4proxy.admin import Admin
 from ipv4proxy.config import Config, changed_keys
 from ipv4proxy.errors import ConfigError
 from ipv4proxy.log import lifecycle, setup_logging
-from ipv4proxy.workers import ROLE_ENV, WorkerRole, shared
+from ipv4proxy.workers import CUT_SIGNAL, ROLE_ENV, WorkerRole, shared
 
 __all__ = ["Supervisor", "backoff", "exit_status"]
 
@@ -355,9 +356,10 @@ class Supervisor:
                 f"{grace:g} s is cut",
                 grace_period=grace,
             )
-        # The second is passed on as SIGINT: two SIGTERMs sent before a busy worker ran
-        # would reach it as one (the kernel keeps one pending signal of each number).
-        forward = signal.SIGINT if self.stopping.is_set() else signal.SIGTERM
+        # The second is passed on as CUT_SIGNAL: a worker takes repeated SIGTERMs as one
+        # stop (and two sent before a busy worker ran would reach it as one anyway: the
+        # kernel keeps one pending signal of each number).
+        forward = CUT_SIGNAL if self.stopping.is_set() else signal.SIGTERM
         self.stopping.set()
         for worker in self.workers:
             worker.signal(forward)

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from ipv4proxy.config import Config
 from ipv4proxy.errors import ConfigError
 
 __all__ = [
+    "CUT_SIGNAL",
     "ROLE_ENV",
     "SHARED",
     "WorkerRole",
@@ -48,6 +50,11 @@ __all__ = [
 # The variable that makes a process a worker: JSON written by the supervisor. Not an
 # IPV4PROXY_ setting (it starts with "_"), so no one sets it by accident.
 ROLE_ENV = "_IPV4PROXY_WORKER"
+
+# What the supervisor sends a worker for its second stop signal: cut every tunnel now. Not
+# a second SIGTERM: a worker takes any number of those as one stop, since systemd's default
+# KillMode sends one to every process of the unit besides the supervisor's own.
+CUT_SIGNAL = signal.SIGUSR2
 
 # Every per-process count or budget: each worker gets `share` of it, and the shares add up
 # to the configured value. A value of 0 where 0 means "no bound" stays 0. Per-connection

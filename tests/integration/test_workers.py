@@ -85,14 +85,14 @@ OPENED = "ipv4proxy_tunnels_opened_total"
 
 
 async def lines_in(proxy: ProxyProcess, text: str, count: int, since: int) -> None:
-    """Wait, bounded, until ``count`` lines from ``since`` on hold ``text``."""
+    """Wait, bounded, until at least ``count`` lines from ``since`` on hold ``text``."""
     lines: list[str] = []
     for _ in range(SETTLE_TRIES):
         lines = [line for line in proxy.logs()[since:] if text in line]
         if len(lines) >= count:
             break
         await asyncio.sleep(SETTLE_PAUSE)
-    assert len(lines) == count, proxy.logs()[since:]
+    assert len(lines) >= count, proxy.logs()[since:]
 
 
 async def make_tunnels(proxy: ProxyProcess, servers: TestServers, count: int) -> None:
@@ -193,6 +193,10 @@ async def test_sigterm_drains_every_worker_and_exits_0(
     mark = proxy.mark()
     proxy.send_signal(signal.SIGTERM)
     await wait_line(proxy, "SIGTERM: draining 2 workers", mark)
+    # As systemd's default KillMode does, the signal also reaches every worker directly:
+    # a worker takes it and the supervisor's as one stop, not as a second one that cuts.
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)  # children of the proxy this test started
     await lines_in(proxy, "draining: not ready, listeners closed", 2, mark)  # every worker
     assert await admin_get(proxy, "/readyz") == (503, "draining\n")
     assert await admin_get(proxy, "/healthz") == (200, "ok\n")
@@ -221,6 +225,8 @@ async def test_second_signal_cuts_and_exits_1(
     assert await tunnel.read_to_eof() == b""
     await tunnel.close()
     await wait_line(proxy, "second SIGINT: every worker cuts its tunnels", mark)
+    # The worker holding the tunnel cuts it (the other had nothing open: it may be gone).
+    await lines_in(proxy, "the supervisor's second stop: cutting every tunnel now", 1, mark)
 
 
 async def test_sighup_reaches_every_worker_and_a_bad_file_is_refused_once(
