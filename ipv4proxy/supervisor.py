@@ -194,13 +194,17 @@ class Supervisor:
         return None
 
     async def page(self) -> bytes:
+        asked = [w.process for w in self.workers]
         answers = await asyncio.gather(*(self._ask(w, "/metrics") for w in self.workers))
         ready = not self.stopping.is_set()
-        for worker, (status, body) in zip(self.workers, answers, strict=True):
-            if status == 200:
+        for worker, process, (status, body) in zip(self.workers, asked, answers, strict=True):
+            # One that exited meanwhile: its last page is already kept (`retire`).
+            alive = process is not None and process.returncode is None
+            answered = alive and process is worker.process and status == 200
+            if answered:
                 with contextlib.suppress(ValueError):
                     worker.page = podmetrics.parse(body.decode("utf-8", "replace"))
-            ready = ready and status == 200 and _ready(worker.page)
+            ready = ready and answered and _ready(worker.page)
         pod: dict[str, dict[tuple[str, ...], float]] = {
             "ipv4proxy_ready": {(): 1.0 if ready else 0.0},
             "ipv4proxy_config_reloads": {(k,): float(v) for k, v in self.reloads.items()},
@@ -227,6 +231,8 @@ class Supervisor:
         admin = Admin(self, self.config.admin.listen) if self.config.admin.listen else None
         ports = await self._bind(admin)
         if ports is None:
+            for sock in self.held:
+                sock.close()
             return 1
         private = tempfile.mkdtemp(prefix="ipv4proxy-workers-")  # mode 0700: ours alone
         try:
