@@ -106,6 +106,16 @@ def _try_dns(host: str, port: int) -> None:
             sock.bind((host, port))
 
 
+def _private_directory() -> str | None:
+    """A new directory of mode 0700 for the workers' admin sockets (under TMPDIR), or
+    None after logging why not."""
+    try:
+        return tempfile.mkdtemp(prefix="ipv4proxy-workers-")
+    except OSError as exc:
+        log.error("cannot make the workers' socket directory (TMPDIR): %s", exc)  # noqa: TRY400
+        return None
+
+
 async def _ask(path: str, url: str) -> tuple[int, bytes]:
     """GET ``url`` from the admin socket at ``path``: (status, body). Raises OSError,
     TimeoutError or ValueError."""
@@ -230,11 +240,11 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         admin = Admin(self, self.config.admin.listen) if self.config.admin.listen else None
         ports = await self._bind(admin)
-        if ports is None:
+        private = _private_directory() if ports is not None else None
+        if ports is None or private is None:
             for sock in self.held:
                 sock.close()
             return 1
-        private = tempfile.mkdtemp(prefix="ipv4proxy-workers-")  # mode 0700: ours alone
         try:
             for index in range(self.count):
                 admin_path = os.path.join(private, f"worker-{index}.sock")
@@ -286,9 +296,8 @@ class Supervisor:
                 worker.process = await asyncio.create_subprocess_exec(
                     *argv, env=env, stdin=asyncio.subprocess.PIPE, start_new_session=True
                 )
-            except OSError as exc:
-                log.error("%s could not be started: %s", worker.name, exc)  # noqa: TRY400
-                status = f"could not be started ({exc})"
+            except OSError as exc:  # no memory, no process slot: like an exit, retried
+                status = f"could not be started ({exc}),"
             else:
                 pid = worker.process.pid
                 if self.stopping.is_set():  # the stop came while it was being started
