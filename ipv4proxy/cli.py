@@ -466,10 +466,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         policy = build_policy(config)
         if command != "doctor":
             dns_safe(config)
+        if role is not None:  # a worker: its supervisor counted (`auto` is read once)
+            config = role.shape(config)
+        elif command != "doctor":
             count = worker_count(config.workers)
             shared(config, count, 0)  # each worker's share of the limits is at least 1
-        if role is not None:
-            config = role.shape(config)
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)
