@@ -4,13 +4,17 @@
     python3 -m benchmarks.workers      this row alone, full sizes (~30 s); --out DIR keeps
                                        the JSON and Markdown (DATE-workers.json, .md)
 
-Both proxies may run on every core of the machine (their whole process tree is given the
-suite's proxy and load cores once every worker is ready), while the load generator and
-its echo server stay pinned to the load core, as in every other row. On a 2-core machine
-that gives the proxy both cores and the load generator a share of one of them, so the
-two workers do not have two whole cores: the scaling is a floor, not the ceiling. The two
-proxies run side by side and their runs alternate, so drift on the machine touches both.
-Proxy CPU is the whole tree's (the supervisor and every worker).
+N workers on N cores against 1 worker on 1 core: the 1-worker proxy is pinned to the
+suite's proxy core (CPU 0), as in the other rows; in the 2-worker proxy, once every worker
+is ready, worker 0 is pinned to CPU 0 and worker 1 to CPU 1 (the supervisor, idle, to
+both), while the load generator and its echo server stay pinned to CPU 1, as in every
+other row. On a 2-core machine that gives the proxy both cores and the load generator a
+share of the second one, so the second worker never has a whole core: the scaling is a
+floor, not the ceiling. (Pinned rather than free on both cores: left free, the kernel's
+wake-up affinity keeps putting a proxy process on the load generator's core, which it
+wakes on every packet, and the two then share one core.) The two proxies run side by
+side and their runs alternate, so drift on the machine touches both. Proxy CPU is the
+whole tree's (the supervisor and every worker).
 """
 
 from __future__ import annotations
@@ -70,23 +74,27 @@ def _ready(port: int) -> None:
     raise RuntimeError(f"the proxy's /readyz on port {port} was not 200 within 20 s")
 
 
-def _start(procs: Procs, hosts: Path, count: int, cpus: set[int]) -> tuple[int, int]:
+def _start(procs: Procs, hosts: Path, count: int, cores: list[int]) -> tuple[int, int]:
+    """A proxy of ``count`` workers, ready; with more than one, worker I pinned to
+    ``cores[I]`` (the supervisor to all of them)."""
     admin = free_port()
     pid, port = procs.proxy(
         hosts, ["--workers", str(count), "--admin-listen", f"127.0.0.1:{admin}"]
     )
     _ready(admin)
-    for member in _tree(pid):  # from the proxy's one core to every core, workers included
-        os.sched_setaffinity(member, cpus)
+    if count > 1:
+        os.sched_setaffinity(pid, set(cores))
+        for index, worker in enumerate(_tree(pid)[1:]):  # in start order: worker 0 first
+            os.sched_setaffinity(worker, {cores[index % len(cores)]})
     return pid, port
 
 
 def workers_rate(procs: Procs, settings: Any, hosts: Path) -> Metric:
     """HTTP CONNECT tunnels/s at the suite's concurrency, 1 worker against 2."""
-    cpus = {core for core in (procs.cores.proxy, procs.cores.load) if core is not None}
-    cpus = cpus or set(os.sched_getaffinity(0))
+    cores = [core for core in (procs.cores.proxy, procs.cores.load) if core is not None]
+    cores = cores or sorted(os.sched_getaffinity(0))[:2]
     server, server_port = procs.server("echo-server")
-    proxies = {count: _start(procs, hosts, count, cpus) for count in (1, 2)}
+    proxies = {count: _start(procs, hosts, count, cores) for count in (1, 2)}
     common = ["--target", f"127.0.0.1:{server_port}", "--conns", str(settings.concurrency)]
     common += ["--seconds", str(settings.seconds), "--proto", "connect"]
     runs: dict[int, list[Metric]] = {1: [], 2: []}
@@ -112,7 +120,7 @@ def workers_rate(procs: Procs, settings: Any, hosts: Path) -> Metric:
     return {
         "protocol": "connect",
         "concurrency": settings.concurrency,
-        "proxy_cpus": sorted(cpus),
+        "proxy_cpus": cores,
         "load_cpu": procs.cores.load,
         "one_worker_per_second": round(float(one["per_second"]), 1),
         "two_workers_per_second": round(float(two["per_second"]), 1),
@@ -133,13 +141,14 @@ def workers_rate(procs: Procs, settings: Any, hosts: Path) -> Metric:
 def markdown_rows(w: Metric) -> list[str]:
     """The workers rows of the report's table (its columns: Measure, Direct, ipv4proxy,
     Ratio, Target, Met, Proxy CPU, Load-gen CPU)."""
-    cpus = ",".join(map(str, w["proxy_cpus"]))
+    one, both = w["proxy_cpus"][0], " and ".join(map(str, w["proxy_cpus"]))
     return [
-        f"| New tunnels/s, HTTP CONNECT, 1 worker (proxy on CPUs {cpus}, load on CPU "
+        f"| New tunnels/s, HTTP CONNECT, 1 worker on CPU {one} (load on CPU "
         f"{w['load_cpu']}) | | {w['one_worker_per_second']:,.0f} | | | "
         f"| {w['one_worker_cpu_pct']}% ({w['one_worker_cpu_us_per_tunnel']:.0f} µs/tunnel) "
         f"| {w['one_worker_loadgen_cpu_pct']}% |",
-        f"| ↳ 2 workers, same cores | | {w['two_workers_per_second']:,.0f} "
+        f"| ↳ 2 workers on CPUs {both} (one shared with the load) | "
+        f"| {w['two_workers_per_second']:,.0f} "
         f"| {w['scaling']:.2f}x | >= 1.8x "
         f"| {'yes' if w['scaling'] >= 1.8 else '**no**'} | {w['two_workers_cpu_pct']}% "
         f"({w['two_workers_cpu_us_per_tunnel']:.0f} µs/tunnel) "
