@@ -297,7 +297,7 @@ class Supervisor:
                     *argv, env=env, stdin=asyncio.subprocess.PIPE, start_new_session=True
                 )
             except OSError as exc:  # no memory, no process slot: like an exit, retried
-                status = f"could not be started ({exc}),"
+                status = f"could not be started ({exc})"
             else:
                 pid = worker.process.pid
                 if self.stopping.is_set():  # the stop came while it was being started
@@ -326,14 +326,14 @@ class Supervisor:
                         returncode=returncode,
                     )
                     return
-                status = f"(pid {pid}) {exit_status(returncode)}"
+                status = f"(pid {pid}) {exit_status(returncode)} unexpectedly"
             young = loop.time() - worker.started < YOUNG
             worker.young_exits = worker.young_exits + 1 if young else 1
             delay = backoff(worker.young_exits)
             lifecycle(
                 log,
                 "worker_exited",
-                f"{worker.name} {status} unexpectedly; starting it again in {delay:g} s",
+                f"{worker.name} {status}; starting it again in {delay:g} s",
                 logging.ERROR,
                 worker=worker.role.index,
                 status=status,
