@@ -9,6 +9,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from benchmarks.workers import markdown_rows
+
 __all__ = ["TARGETS", "check_targets", "machine", "markdown"]
 
 Metric = dict[str, Any]
@@ -23,6 +25,7 @@ TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
     ("round_trip", "proxy_p99_us", "<=", 250, "p99 <= 250 µs"),
     ("idle_memory", "per_tunnel_kib", "<=", 4.0, "<= 4 KiB"),
     ("black_hole", "worst_handshake_s", "<=budget", 0.6, "<= 0.6 s + path handshake"),
+    ("workers", "scaling", ">=", 1.8, ">= 1.8x from 1 to 2 workers"),
 )
 
 
@@ -130,6 +133,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(1 live record) | {bh['worst_handshake_s'] * 1000:.0f} ms (worst of {bh['tries']}) "
         f"| | <= {bh['budget_s'] * 1000:.0f} ms | {mark('black_hole', 'worst_handshake_s')} | | |",
     ]
+    rows += markdown_rows(m["workers"])
     mach = report["machine"]
     head = [
         f"## ipv4proxy benchmark, {report['date']}",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procs import ROOT, Procs, cpu_seconds, rss_kib
+from benchmarks.workers import workers_rate
 
 __all__ = ["FULL", "SMOKE", "Settings", "run_all"]
 
@@ -314,4 +315,6 @@ def run_all(
     metrics["black_hole"] = black_hole(procs, settings, proxy)
     progress(f"idle memory, {settings.hold[0]} and {settings.hold[1]} tunnels")
     metrics["idle_memory"] = idle_memory(procs, settings, hosts)
+    progress("new tunnels per second, 1 worker against 2 (every core for the proxy)")
+    metrics["workers"] = workers_rate(procs, settings, hosts)
     return metrics

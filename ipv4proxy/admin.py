@@ -5,6 +5,9 @@
                    draining; 503 "draining" (or "not listening") otherwise
     GET /metrics   the Prometheus text exposition of `Metrics`
 
+With workers (``workers: N``), the supervisor serves these endpoints for the pod (its
+`Endpoints` ask every worker) and each worker serves its own on a private unix socket.
+
 Rules: read-only, no secrets on any page (the configuration is not served); no access log
 of its own (probes every few seconds would drown the tunnel lines); it runs on the proxy's
 event loop, so /healthz answering proves that loop is not stuck.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -29,7 +33,7 @@ from ipv4proxy.log import lifecycle
 from ipv4proxy.metrics import CONTENT_TYPE
 from ipv4proxy.server import Proxy
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "Endpoints"]
 
 log = logging.getLogger("ipv4proxy")
 
@@ -43,7 +47,31 @@ def _ours(record: logging.LogRecord) -> bool:
 _handler_log = logging.getLogger("ipv4proxy.admin")
 _handler_log.addFilter(_ours)
 
-_PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+
+class Endpoints(Protocol):
+    """What the admin app answers from: one proxy's state, or the supervisor's."""
+
+    async def not_ready(self) -> str | None:
+        """None when ready, else the 503 body's reason ("draining", ...)."""
+
+    async def page(self) -> bytes:
+        """The Prometheus text exposition."""
+
+
+class _OneProxy:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def not_ready(self) -> str | None:
+        if self.proxy.ready:
+            return None
+        return "draining" if self.proxy.draining else "not listening"
+
+    async def page(self) -> bytes:
+        return self.proxy.metrics.render()
+
+
+_SOURCE: web.AppKey[Endpoints] = web.AppKey("source", Endpoints)
 
 # Kubelet's liveness, readiness and startup probes and a scraper or two ask at once, on a
 # busy node a few more: 32 leaves room, and bounds what one client can hold here.
@@ -59,24 +87,26 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    proxy = request.app[_PROXY]
-    if proxy.ready:
+    reason = await request.app[_SOURCE].not_ready()
+    if reason is None:
         return web.Response(text="ready\n")
-    return web.Response(status=503, text="draining\n" if proxy.draining else "not listening\n")
+    return web.Response(status=503, text=f"{reason}\n")
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[_PROXY].metrics.render()
+    body = await request.app[_SOURCE].page()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 class Admin:
-    """The admin app of one Proxy on ``listen`` (``HOST:PORT``)."""
+    """The admin app of one Proxy (or of other `Endpoints`) on ``listen`` (``HOST:PORT``),
+    or on the unix socket ``unix`` (a worker's private endpoint) when it is given."""
 
-    def __init__(self, proxy: Proxy, listen: str) -> None:
-        self.host, self.port = parse_hostport(listen, key="admin.listen")
+    def __init__(self, source: Proxy | Endpoints, listen: str = "", *, unix: str = "") -> None:
+        self.unix = unix
+        self.host, self.port = ("", 0) if unix else parse_hostport(listen, key="admin.listen")
         app = web.Application()
-        app[_PROXY] = proxy
+        app[_SOURCE] = _OneProxy(source) if isinstance(source, Proxy) else source
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/readyz", _readyz)
         app.router.add_get("/metrics", _metrics)
@@ -101,17 +131,23 @@ class Admin:
         handlers = self._runner.server
         assert handlers is not None  # set by setup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Gate(handlers), self.host, self.port, backlog=64
-        )
-        self._sweeper = loop.create_task(_sweep(handlers))
-        self.host, self.port = self._server.sockets[0].getsockname()[:2]
-        url = f"http://{self.host}:{self.port}"
+        if self.unix:
+            self._server = await loop.create_unix_server(
+                lambda: _Gate(handlers), self.unix, backlog=64
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _Gate(handlers), self.host, self.port, backlog=64
+            )
+            self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        self._sweeper = loop.create_task(_sweep(handlers), name="admin-sweep")
+        where = f"unix:{self.unix}" if self.unix else f"{self.host}:{self.port}"
+        url = f"unix:{self.unix}" if self.unix else f"http://{where}"
         lifecycle(
             log,
             "admin_listening",
             f"admin endpoints on {url} (/healthz /readyz /metrics)",
-            address=f"{self.host}:{self.port}",
+            address=where,
         )
         return self.host, self.port
 

@@ -10,6 +10,9 @@
 Every configuration key has a flag derived from its path (``--dialer-connect-timeout``);
 the common ones also have short spellings (``--listen``, ``--nameserver`` ...).
 
+With ``workers`` above 1 the process is a supervisor (ipv4proxy/supervisor.py) that runs
+that many of these processes on one port; the signals below reach every one of them.
+
 Signals while running: SIGTERM/SIGINT drain (not ready at once, listeners closed, open
 tunnels get ``drain.grace_period`` seconds, the rest are cut, exit 0); a second one cuts
 every tunnel at once and exits 1. SIGHUP re-reads the file (flags and environment are those
@@ -65,6 +68,8 @@ from ipv4proxy.protocols import HostKind
 from ipv4proxy.protocols.host import parse_authority
 from ipv4proxy.rules import parse_users
 from ipv4proxy.server import Proxy, local_addresses_now
+from ipv4proxy.supervisor import Supervisor
+from ipv4proxy.workers import CUT_SIGNAL, WorkerRole, shared, worker_count
 
 __all__ = ["build_policy", "main", "parse"]
 
@@ -214,17 +219,30 @@ def dns_safe(config: Config) -> None:
         raise ConfigError(problem)
 
 
+def checked(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """`parse`, plus the checks of the start: the DNS loop guard, the users file and the
+    workers' shares. Raises ConfigError."""
+    config = parse(argv, environ)
+    dns_safe(config)
+    build_policy(config)
+    shared(config, worker_count(config.workers), 0)
+    return config
+
+
 def reload(
     proxy: Proxy,
     argv: Sequence[str],
     environ: Mapping[str, str],
     dns_listener: DnsListener | None = None,
+    role: WorkerRole | None = None,
 ) -> bool:
     """SIGHUP: re-read the file (and the users file); apply them for new connections, or
-    keep the old settings."""
+    keep the old settings. A worker (``role``) takes its share (`WorkerRole.shape`)."""
     old = proxy.config
     try:
         new = parse(argv, environ)
+        if role is not None:
+            new = role.shape(new)
         dns_safe(new)
         proxy.reload(new, build_policy(new))
         if dns_listener is not None:
@@ -256,22 +274,41 @@ def _connections(count: int) -> str:
 
 
 async def run(
-    config: Config, policy: Policy | None, argv: Sequence[str], environ: Mapping[str, str]
+    config: Config,
+    policy: Policy | None,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    role: WorkerRole | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; returns the exit code."""
+    """Serve until SIGTERM or SIGINT, then drain; returns the exit code. A worker
+    (``role``) joins the others on the listeners' ports, serves its admin endpoints on its
+    private socket, and stops as on SIGTERM when its stdin (a pipe from the supervisor)
+    ends."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     force = asyncio.Event()
 
     def on_stop(signum: signal.Signals) -> None:
-        if stop.is_set():
-            lifecycle(log, "stopping_now", f"second {signum.name}: cutting every tunnel now")
+        # A worker takes every SIGTERM/SIGINT as one stop: one sent to the whole group
+        # (systemd's default KillMode) and the supervisor's own must not cut its tunnels;
+        # the supervisor asks for the cut with CUT_SIGNAL.
+        if stop.is_set() and (role is None or signum == CUT_SIGNAL):
+            what = "the supervisor's second stop" if role else f"second {signum.name}"
+            lifecycle(log, "stopping_now", f"{what}: cutting every tunnel now")
             force.set()
         stop.set()
+
+    def on_cut() -> None:
+        stop.set()  # a cut is a stop too, whichever signal came first
+        on_stop(CUT_SIGNAL)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
     proxy = Proxy(config, policy=policy)
+    if role is not None:
+        loop.add_signal_handler(CUT_SIGNAL, on_cut)
+        proxy.reuse_port = True
+        loop.add_reader(0, _parent_gone, loop, stop)
     dns_listener = None
     if config.dns.listen:
         # Shaping reads the proxy's own dialer (memory, breakers) and policy, as they are
@@ -282,8 +319,10 @@ async def run(
             dialer=lambda: proxy.upstream.dialer,
             policy=lambda: proxy.policy,
         )
-    loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener)
+    loop.add_signal_handler(signal.SIGHUP, reload, proxy, argv, environ, dns_listener, role)
     admin = Admin(proxy, config.admin.listen) if config.admin.listen else None
+    if role is not None:
+        admin = Admin(proxy, unix=role.admin)
     # Which setting a failed bind belongs to, so the error says what to change. The DNS
     # listener binds first: /readyz turns ready in proxy.start(), and a sidecar's app must
     # not start before its DNS answers.
@@ -296,6 +335,8 @@ async def run(
         if admin is not None:
             where = f"admin.listen {config.admin.listen} (--admin-listen; '' turns it off)"
             proxy.listening_also(await admin.start())
+        if role is not None and role.pod_admin:
+            proxy.listening_also(parse_hostport(role.pod_admin))
     except OSError as exc:
         log.error("cannot listen: %s: %s", where, exc)  # noqa: TRY400 - the reason is the message
         if dns_listener is not None:
@@ -326,6 +367,14 @@ async def run(
         await admin.close()
     lifecycle(log, "stopped", f"stopped; {_connections(cut)} cut", cut=cut)
     return 1 if force.is_set() else 0
+
+
+def _parent_gone(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """A worker's stdin is readable: the supervisor's end of the pipe closed (it never
+    writes), so it is gone; drain as on SIGTERM rather than run on unsupervised."""
+    loop.remove_reader(0)
+    lifecycle(log, "supervisor_gone", "the supervisor is gone: draining")
+    stop.set()
 
 
 _SCHEME_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
@@ -410,11 +459,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = args.pop(0) if args and args[0] in COMMANDS else "run"
     if command == "healthcheck":
         sys.exit(healthcheck(args))
+    role = WorkerRole.from_environ(os.environ)
+    count = 1
     try:
         config, own = _parse(args, os.environ, command)
         policy = build_policy(config)
         if command != "doctor":
             dns_safe(config)
+        if role is not None:  # a worker: its supervisor counted (`auto` is read once)
+            config = role.shape(config)
+        elif command != "doctor":
+            count = worker_count(config.workers)
+            shared(config, count, 0)  # each worker's share of the limits is at least 1
     except ConfigError as exc:
         print(f"ipv4proxy: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -428,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(to_yaml(config), end="")
         sys.exit(1 if unusable else 0)
     setup_logging(config.log.level, config.log.format, access=config.log.access)
-    for warning in unknown:
+    for warning in unknown if role is None else ():  # a worker's are its supervisor's
         log.warning("%s", warning)
     if command == "doctor":
         try:
@@ -438,4 +494,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
     lean_records()
-    sys.exit(uvloop.run(run(config, policy, args, os.environ)))
+    if role is None and count > 1:
+        supervisor = Supervisor(config, count, args, os.environ, lambda: checked(args, os.environ))
+        sys.exit(uvloop.run(supervisor.run()))
+    sys.exit(uvloop.run(run(config, policy, args, os.environ, role)))

@@ -287,6 +287,12 @@ def _each(check: Callable[[str], str | None]) -> Check:
     return check_all
 
 
+def _workers_problem(value: str) -> str | None:
+    if value == "auto" or (value.isascii() and value.isdigit() and 1 <= int(value) <= 256):
+        return None
+    return "expected a number of processes from 1 to 256, or auto (the CPUs this process may use)"
+
+
 def _dns_listen_problem(value: str) -> str | None:
     try:
         host, _ = parse_hostport(value)
@@ -695,6 +701,16 @@ class Config:
     )
     http: HttpConfig = _setting(HttpConfig(), "HTTP proxy answers")
     dns: DnsConfig = _setting(DnsConfig(), "the A-only DNS listener (DNS mode)")
+    # 1: one process, as a sidecar wants (its clients are one pod; a second process would
+    # only cost memory). A shared egress tier sets its cores, or auto (docs/operations.md,
+    # "Workers"). 256 is far above any core count a pod gets, and keeps a typo from
+    # forking thousands of processes.
+    workers: str = _setting(
+        "1",
+        "proxy processes serving the listeners together (SO_REUSEPORT), 1-256, or auto: the "
+        "CPUs this process may use (affinity and cgroup quota); each gets a share of the limits",
+        _workers_problem,
+    )
 
 
 def _listeners_safe(config: Config) -> None:

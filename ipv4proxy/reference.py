@@ -22,6 +22,7 @@ import yaml
 from ipv4proxy.cli import ALIASES
 from ipv4proxy.config import Config, env_names, flag_name, iter_keys, to_yaml
 from ipv4proxy.metrics import SERIES
+from ipv4proxy.podmetrics import WORKER_SERIES
 
 __all__ = ["PAGES", "REGENERATE", "render_configuration", "render_metrics"]
 
@@ -94,7 +95,8 @@ def render_configuration() -> str:
 
 
 def render_metrics() -> str:
-    """docs/reference/metrics.md: every series of ipv4proxy.metrics.SERIES."""
+    """docs/reference/metrics.md: every series of ipv4proxy.metrics.SERIES, then the
+    supervisor's (ipv4proxy.podmetrics.WORKER_SERIES)."""
     lines = [
         _HEADER.format(command=REGENERATE, source="`ipv4proxy/metrics.py` (`SERIES`)"),
         "# Metrics reference\n",
@@ -106,7 +108,7 @@ def render_metrics() -> str:
         "| Series | Type | Labels | Meaning |",
         "|---|---|---|---|",
     ]
-    for series in SERIES:
+    for series in (*SERIES, *WORKER_SERIES):
         labels = []
         for label in series.labels:
             text = f"`{label.name}`"

@@ -172,6 +172,8 @@ class Proxy:
         self.sessions: set[Client] = set()
         self.listening = False
         self.draining = False
+        # Set by a worker (``workers: N``): its listeners join the others' on one port.
+        self.reuse_port = False
         self._cutting = False
         self._idle = asyncio.Event()
 
@@ -243,6 +245,7 @@ class Proxy:
                 listener.host,
                 listener.port,
                 backlog=1024,
+                reuse_port=self.reuse_port,
             )
             self._servers.append(server)
             for sock in server.sockets:

@@ -36,6 +36,7 @@ EXPECTED = {
     ),
     "idle_memory": ("per_tunnel_kib",),
     "black_hole": ("path_handshake_s", "handshake_s", "worst_handshake_s", "budget_s"),
+    "workers": ("one_worker_per_second", "two_workers_per_second", "scaling"),
 }
 
 pytestmark = NEEDS_LOADGEN
@@ -55,6 +56,7 @@ def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
             assert value > 0, (metric, field, value)
     assert metrics["rate_http_connect"]["errors"] == 0
     assert metrics["rate_socks5"]["errors"] == 0
+    assert metrics["workers"]["errors"] == 0
     low, high = metrics["idle_memory"]["counts"]
     assert metrics["idle_memory"]["verified_live"] == [low, high]
     assert {t["metric"] for t in report["targets"]} == set(EXPECTED)
