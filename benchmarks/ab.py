@@ -68,8 +68,8 @@ def one_round(
     procs: Procs, settings: Settings, hosts: Path, tree: Path, idle: bool
 ) -> dict[str, float]:
     proxy = procs.proxy(hosts, tree=tree)
-    connect = rate(procs, settings, proxy, "connect")
-    socks5 = rate(procs, settings, proxy, "socks5")
+    connect = rate(procs, settings, proxy, "connect", with_direct=False)
+    socks5 = rate(procs, settings, proxy, "socks5", with_direct=False)
     rtt = round_trip(procs, settings, proxy)
     figures = {
         "connect_per_s": connect["proxy_per_second"],
