@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import socket
 import statistics
 import time
@@ -305,6 +306,35 @@ def _nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# Other proxies measured beside ipv4proxy when installed (the issue's comparison: C proxies
+# with a thread or a process per connection), and the protocol each is asked in.
+PEERS = (("microsocks", "socks5"), ("tinyproxy", "connect"))
+
+
+def peers(procs: Procs, settings: Settings, ours: dict[str, Metric]) -> Metric:
+    """New tunnels per second (and CPU per tunnel) of each installed peer, pinned to the
+    proxy's core like ipv4proxy, against ipv4proxy's own rates of this run (``ours``:
+    ``connect`` and ``socks5``); a peer that is not installed is skipped with a note."""
+    found: Metric = {}
+    for name, proto in PEERS:
+        if shutil.which(name) is None:
+            found[name] = {"skipped": f"not installed (apt-get install {name})"}
+            continue
+        pid, port = procs.peer(name)
+        try:
+            found[name] = rate(procs, settings, (pid, port), proto, with_direct=False)
+        finally:
+            procs.stop(pid)
+    measured = {n: m["proxy_per_second"] for n, m in found.items() if "skipped" not in m}
+    best = max(measured, key=measured.__getitem__) if measured else None
+    found["best"] = best
+    found["best_per_second"] = measured[best] if best else None
+    for proto, metric in ours.items():
+        ratio = metric["proxy_per_second"] / measured[best] if best else None
+        found[f"ratio_{proto}"] = round(ratio, 3) if ratio is not None else None
+    return found
+
+
 def run_all(
     procs: Procs, settings: Settings, hosts: Path, progress: Callable[[str], None]
 ) -> Metric:
@@ -321,6 +351,12 @@ def run_all(
     metrics["rate_http_connect"] = rate(procs, settings, proxy, "connect")
     progress("new tunnels per second, SOCKS5")
     metrics["rate_socks5"] = rate(procs, settings, proxy, "socks5")
+    progress("the same beside other proxies (microsocks, tinyproxy) when installed")
+    metrics["peers"] = peers(
+        procs,
+        settings,
+        {"connect": metrics["rate_http_connect"], "socks5": metrics["rate_socks5"]},
+    )
     progress("black holes")
     metrics["black_hole"] = black_hole(procs, settings, proxy)
     progress(f"idle memory, {settings.hold[0]} and {settings.hold[1]} tunnels")
