@@ -88,13 +88,6 @@ def _address(peer: object) -> str:
 _TRIM_PEAK = 256
 _TRIM_DELAY = 1.0
 
-# TCP_DEFER_ACCEPT on the listeners, in seconds: the kernel hands a connection to the proxy
-# once its first bytes have arrived (clients of every protocol here speak first), so the
-# proxy wakes once per connection instead of twice (accept, then read). One second is the
-# kernel's shortest: a client that sends nothing is handed over after one SYN-ACK
-# retransmit (~1 s), then meets limits.handshake_timeout and is counted as before.
-_DEFER_ACCEPT = 1
-
 # After the tunnels are cut at the end of a drain, how long to wait for their close
 # callbacks (access lines, metrics) and for the listeners to finish closing.
 _CLOSE_SECONDS = 2.0
@@ -256,8 +249,6 @@ class Proxy:
                 # Accepted sockets inherit SO_KEEPALIVE from the listener on Linux: one
                 # system call here instead of one per client connection.
                 tune_socket(sock)
-                with contextlib.suppress(OSError, AttributeError):  # Linux only
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, _DEFER_ACCEPT)
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port))
                 address = _address((host, port))
