@@ -147,6 +147,9 @@ async def measure(tree: Path, proto: str, count: int, workdir: Path) -> float:
     finally:
         _stop(process)
         server.close()
+        # The echo handlers end on the stopped proxy's resets: give them the loop turns,
+        # rather than have asyncio.run() cancel them mid-read.
+        await asyncio.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
