@@ -141,13 +141,14 @@ class Procs:
         stdin: int | None = None,
         stderr: IO[str] | int | None = None,
         tree: Path = ROOT,
+        stdout: IO[str] | int = subprocess.PIPE,
     ) -> subprocess.Popen[str]:
         """Start ``argv`` in ``tree``, whose ``ipv4proxy`` package ``-m ipv4proxy`` runs."""
         env = None if tree == ROOT else {**os.environ, "PYTHONPATH": str(tree)}
         process = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
             list(argv),
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=stderr,
             text=True,
             cwd=tree,
@@ -229,6 +230,39 @@ class Procs:
                 return process.pid, port
             time.sleep(0.05)
         raise RuntimeError("the proxy did not start listening within 15 s")
+
+    def peer(self, name: str) -> tuple[int, int]:
+        """Start another proxy (``microsocks`` or ``tinyproxy``, installed) on a free loopback
+        port, pinned to the proxy's core, with its logging off; returns (pid, port)."""
+        port = free_port()
+        if name == "microsocks":
+            argv = [name, "-i", "127.0.0.1", "-p", str(port)]
+        elif name == "tinyproxy":
+            config = self.workdir / f"tinyproxy-{port}.conf"
+            # Foreground (-d), loopback only, CONNECT to any port (no ConnectPort line), room
+            # for the suite's 64 concurrent tunnels, nothing logged below errors.
+            config.write_text(
+                f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 1024\n"
+                "Allow 127.0.0.1\nLogLevel Error\nDisableViaHeader Yes\n",
+                encoding="utf-8",
+            )
+            argv = [name, "-d", "-c", str(config)]
+        else:
+            raise ValueError(f"unknown peer {name}")
+        log = open(self.workdir / f"{name}-{port}.log", "w", encoding="utf-8")  # noqa: SIM115
+        # Its output (microsocks logs each client on stdout) to the file, not a pipe nobody
+        # reads, which would fill and stop it.
+        process = self._spawn([*self.cores.prefix(self.cores.proxy), *argv], stderr=log, stdout=log)
+        log.close()
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                text = (self.workdir / f"{name}-{port}.log").read_text(encoding="utf-8")
+                raise RuntimeError(f"{name} exited at start:\n{text}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return process.pid, port
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start listening within 15 s")
 
     def client(self, mode: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
         """Run one loadgen client to completion; its JSON report plus ``wall_seconds`` and

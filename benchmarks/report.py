@@ -26,6 +26,9 @@ TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
     ("idle_memory", "per_tunnel_kib", "<=", 4.0, "<= 4 KiB"),
     ("black_hole", "worst_handshake_s", "<=budget", 0.6, "<= 0.6 s + path handshake"),
     ("workers", "scaling", ">=", 1.8, ">= 1.8x from 1 to 2 workers"),
+    # Issue 16: new tunnels/s on one core at least the better peer's (when one is installed).
+    ("peers", "ratio_connect", ">=", 1.0, ">= 1.0x the better of microsocks and tinyproxy"),
+    ("peers", "ratio_socks5", ">=", 1.0, ">= 1.0x the better of microsocks and tinyproxy"),
 )
 
 
@@ -33,7 +36,9 @@ def check_targets(metrics: Metric) -> list[dict[str, Any]]:
     results = []
     for name, field, op, bound, text in TARGETS:
         value = metrics[name][field]
-        if op == ">=":
+        if value is None:  # a comparison with nothing to compare with (no peer installed)
+            met = False
+        elif op == ">=":
             met = value >= bound
         elif op == "<=":
             met = value <= bound
@@ -89,6 +94,34 @@ def _gbps(value: float) -> str:
     return f"{value * 8 / 1e9:.1f} Gbit/s"
 
 
+def _peer_rows(m: Metric, mark: Any) -> list[str]:
+    """The same tunnel rates beside the other proxies of the run (issue 16's comparison)."""
+    peers = m["peers"]
+    rows = []
+    labels = {"microsocks": "SOCKS5", "tinyproxy": "HTTP CONNECT"}
+    for name, label in labels.items():
+        peer = peers[name]
+        if "skipped" in peer:
+            rows.append(f"| New tunnels/s, {name} ({label}) | | {peer['skipped']} | | | | | |")
+            continue
+        rows.append(
+            f"| New tunnels/s, {name} ({label}), concurrency {peer['concurrency']} "
+            f"| | {peer['proxy_per_second']:,.0f} | | | | {peer['proxy_cpu_pct']}% "
+            f"| {peer['loadgen_cpu_pct']}% |"
+        )
+        rows.append(
+            f"| ↳ {name} CPU per tunnel | | {peer['proxy_cpu_us_per_tunnel']:,.0f} µs | | | | | |"
+        )
+    for proto, label in (("connect", "HTTP CONNECT"), ("socks5", "SOCKS5")):
+        ratio = peers[f"ratio_{proto}"]
+        shown = f"{ratio:.2f}x {peers['best']}" if ratio is not None else "no peer installed"
+        rows.append(
+            f"| ipv4proxy {label} tunnels/s against the better peer | | {shown} | | >= 1.0x "
+            f"| {mark('peers', f'ratio_{proto}')} | | |"
+        )
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["metrics"]
     met = {(t["metric"], t["field"]): t["met"] for t in report["targets"]}
@@ -116,6 +149,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['loadgen_cpu_pct']}% |"
         )
         rows.append(
+            f"| ↳ proxy CPU per tunnel | | {r['proxy_cpu_us_per_tunnel']:,.0f} µs | | | | | |"
+        )
+        rows.append(
             f"| ↳ handshake p50 / p99 | {r['direct_connect_p50_us']:,.0f} / "
             f"{r['direct_connect_p99_us']:,.0f} µs | {r['handshake_p50_us']:,.0f} / "
             f"{r['handshake_p99_us']:,.0f} µs | | | | | |"
@@ -134,6 +170,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| | <= {bh['budget_s'] * 1000:.0f} ms | {mark('black_hole', 'worst_handshake_s')} | | |",
     ]
     rows += markdown_rows(m["workers"])
+    rows += _peer_rows(m, mark)
     mach = report["machine"]
     head = [
         f"## ipv4proxy benchmark, {report['date']}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import socket
 import statistics
 import time
@@ -88,12 +89,15 @@ def _run_pair(
     proxy_args: list[str],
     servers: dict[str, int],
     proxy_pid: int,
+    with_direct: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``reps`` interleaved direct and proxied runs, each annotated with CPU percentages."""
+    """``reps`` interleaved direct and proxied runs, each annotated with CPU percentages
+    (proxied runs only when not ``with_direct``)."""
     direct: list[dict[str, Any]] = []
     proxied: list[dict[str, Any]] = []
+    pairs = ((direct_args, direct), (proxy_args, proxied))
     for _ in range(settings.reps):
-        for args, into in ((direct_args, direct), (proxy_args, proxied)):
+        for args, into in pairs if with_direct else pairs[1:]:
             with _cpu({**servers, "proxy": proxy_pid}) as used:
                 report = procs.client(mode, args, _timeout(settings))
             load = report["process_cpu_seconds"] + sum(used[name] for name in servers)
@@ -136,7 +140,11 @@ def throughput(procs: Procs, settings: Settings, proxy: tuple[int, int], conns: 
     }
 
 
-def rate(procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str) -> Metric:
+def rate(
+    procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str, with_direct: bool = True
+) -> Metric:
+    """New tunnels per second at ``settings.concurrency``; ``with_direct`` False (an A/B)
+    skips the direct runs, whose ~30,000 connections a run only fill TIME_WAIT."""
     pid, port = procs.server("echo-server")
     common = ["--target", f"127.0.0.1:{port}", "--conns", str(settings.concurrency)]
     common += ["--seconds", str(settings.seconds)]
@@ -149,8 +157,12 @@ def rate(procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str) -
         proxy_args=common + via,
         servers={"server": pid},
         proxy_pid=proxy[0],
+        with_direct=with_direct,
     )
     best = sorted(proxied, key=lambda r: r["per_second"])[len(proxied) // 2]  # the median run
+    if not direct:
+        direct = [{"per_second": 0.0, "handshake_p50_us": 0.0, "handshake_p99_us": 0.0}]
+        direct[0]["loadgen_cpu_pct"] = 0.0
     direct_rate = _median([r["per_second"] for r in direct])
     proxy_rate = float(best["per_second"])
     return {
@@ -158,7 +170,7 @@ def rate(procs: Procs, settings: Settings, proxy: tuple[int, int], proto: str) -
         "concurrency": settings.concurrency,
         "direct_per_second": round(direct_rate, 1),
         "proxy_per_second": round(proxy_rate, 1),
-        "ratio": round(proxy_rate / direct_rate, 3),
+        "ratio": round(proxy_rate / direct_rate, 3) if direct_rate else 0.0,
         "direct_connect_p50_us": _median([r["handshake_p50_us"] for r in direct]),
         "direct_connect_p99_us": _median([r["handshake_p99_us"] for r in direct]),
         "handshake_p50_us": best["handshake_p50_us"],
@@ -295,6 +307,35 @@ def _nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# Other proxies measured beside ipv4proxy when installed (the issue's comparison: C proxies
+# with a thread or a process per connection), and the protocol each is asked in.
+PEERS = (("microsocks", "socks5"), ("tinyproxy", "connect"))
+
+
+def peers(procs: Procs, settings: Settings, ours: dict[str, Metric]) -> Metric:
+    """New tunnels per second (and CPU per tunnel) of each installed peer, pinned to the
+    proxy's core like ipv4proxy, against ipv4proxy's own rates of this run (``ours``:
+    ``connect`` and ``socks5``); a peer that is not installed is skipped with a note."""
+    found: Metric = {}
+    for name, proto in PEERS:
+        if shutil.which(name) is None:
+            found[name] = {"skipped": f"not installed (apt-get install {name})"}
+            continue
+        pid, port = procs.peer(name)
+        try:
+            found[name] = rate(procs, settings, (pid, port), proto, with_direct=False)
+        finally:
+            procs.stop(pid)
+    measured = {n: m["proxy_per_second"] for n, m in found.items() if "skipped" not in m}
+    best = max(measured, key=measured.__getitem__) if measured else None
+    found["best"] = best
+    found["best_per_second"] = measured[best] if best else None
+    for proto, metric in ours.items():
+        ratio = metric["proxy_per_second"] / measured[best] if best else None
+        found[f"ratio_{proto}"] = round(ratio, 3) if ratio is not None else None
+    return found
+
+
 def run_all(
     procs: Procs, settings: Settings, hosts: Path, progress: Callable[[str], None]
 ) -> Metric:
@@ -311,6 +352,12 @@ def run_all(
     metrics["rate_http_connect"] = rate(procs, settings, proxy, "connect")
     progress("new tunnels per second, SOCKS5")
     metrics["rate_socks5"] = rate(procs, settings, proxy, "socks5")
+    progress("the same beside other proxies (microsocks, tinyproxy) when installed")
+    metrics["peers"] = peers(
+        procs,
+        settings,
+        {"connect": metrics["rate_http_connect"], "socks5": metrics["rate_socks5"]},
+    )
     progress("black holes")
     metrics["black_hole"] = black_hole(procs, settings, proxy)
     progress(f"idle memory, {settings.hold[0]} and {settings.hold[1]} tunnels")

@@ -9,16 +9,21 @@ Rules:
   ``errors.Failure`` names), errno names, DNS result names and directions. A destination
   name or address is never a label (it lives in the access log line).
 - Cheap on the hot path: nothing is counted per read; a tunnel's bytes are added once, when
-  it closes. A refusal or a tunnel costs a few dictionary lookups.
+  it closes. The series a tunnel moves (opened, closed, active, connect seconds, bytes)
+  are plain numbers in this process (`Tally`, `Buckets`), turned into prometheus-client's
+  families only when the page is rendered: no lock and no label lookup per tunnel. The
+  page is byte for byte what prometheus-client's own Counter, Gauge and Histogram give
+  (tests/unit/test_metrics.py compares them). A refusal costs a few dictionary lookups.
 - Its own CollectorRegistry, not the process-global one, so a test (or a second Proxy in one
   process) gets fresh numbers, and no library's metrics leak onto the page.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -30,6 +35,14 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ipv4proxy.errors import DialError, Failure, ProxyError
 from ipv4proxy.net.resolver import LOOKUP_RESULTS
@@ -270,12 +283,87 @@ SERIES: tuple[Series, ...] = (
 )
 
 
-_M = typing.TypeVar("_M", Counter, Gauge, Histogram)
+_M = typing.TypeVar("_M", Counter, Gauge, Histogram, "Tally", "Buckets")
 
 
-def _as(metric: Counter | Gauge | Histogram, kind: type[_M]) -> _M:
+def _as(metric: Counter | Gauge | Histogram | Tally | Buckets, kind: type[_M]) -> _M:
     assert isinstance(metric, kind), metric
     return metric
+
+
+class Tally(Collector):
+    """A counter (or gauge) series kept as plain numbers by label values, exposed as
+    prometheus-client's family when the page is rendered. The event loop's thread is the
+    only writer, and the page is rendered on it too: no lock is needed."""
+
+    def __init__(self, series: Series, keys: tuple[tuple[str, ...], ...] = ()) -> None:
+        self.series = series
+        # Label values -> count, in the order the label sets first appeared (page order).
+        self.values: dict[tuple[str, ...], float] = dict.fromkeys(keys, 0.0)
+
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        series = self.series
+        names = [label.name for label in series.labels]
+        if series.kind == "gauge":
+            return GaugeMetricFamily(series.name, series.help, labels=names)
+        return CounterMetricFamily(series.name, series.help, labels=names)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for key, count in list(self.values.items()):
+            family.add_metric(list(key), count)
+        yield family
+
+
+class Buckets(Collector):
+    """A histogram without labels kept as plain bucket counts, exposed as prometheus-
+    client's histogram family when the page is rendered (same ``le`` spelling, cumulative
+    counts, ``_count`` and ``_sum``)."""
+
+    def __init__(self, series: Series) -> None:
+        self.series = series
+        self.bounds = (*series.buckets, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # A value falls in the first bucket whose upper bound is >= it, as in prometheus-client.
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.series.name, self.series.help, labels=[])
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            cumulative += count
+            le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            buckets.append((le, float(cumulative)))
+        family = HistogramMetricFamily(self.series.name, self.series.help, labels=[])
+        family.add_metric([], buckets, self.sum)
+        yield family
+
+
+# The series every tunnel moves: counted in plain numbers (`Tally`, `Buckets`).
+_PLAIN = frozenset(
+    {"tunnels_opened", "tunnels_closed", "tunnels_active", "connect_seconds", "bytes"}
+)
+
+
+def _plain(series: Series, registry: CollectorRegistry) -> Tally | Buckets:
+    collector: Tally | Buckets
+    if series.kind == "histogram":
+        collector = Buckets(series)
+    elif series.attr == "bytes":
+        collector = Tally(series, (("sent",), ("received",)))
+    else:
+        collector = Tally(series, () if series.labels else ((),))
+    registry.register(collector)
+    return collector
 
 
 def _build(series: Series, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
@@ -293,14 +381,21 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         # One attribute per row of SERIES, named by its ``attr``.
-        built = {series.attr: _build(series, self.registry) for series in SERIES}
-        self.tunnels_opened = _as(built["tunnels_opened"], Counter)
-        self.tunnels_closed = _as(built["tunnels_closed"], Counter)
-        self.tunnels_active = _as(built["tunnels_active"], Gauge)
-        self.connect_seconds = _as(built["connect_seconds"], Histogram)
+        built: dict[str, Counter | Gauge | Histogram | Tally | Buckets] = {
+            series.attr: (
+                _plain(series, self.registry)
+                if series.attr in _PLAIN
+                else _build(series, self.registry)
+            )
+            for series in SERIES
+        }
+        self.tunnels_opened = _as(built["tunnels_opened"], Tally)
+        self.tunnels_closed = _as(built["tunnels_closed"], Tally)
+        self.tunnels_active = _as(built["tunnels_active"], Tally)
+        self.connect_seconds = _as(built["connect_seconds"], Buckets)
         self.dns_lookups = _as(built["dns_lookups"], Counter)
         self.connect_failures = _as(built["connect_failures"], Counter)
-        self.bytes = _as(built["bytes"], Counter)
+        self.bytes = _as(built["bytes"], Tally)
         self.refusals = _as(built["refusals"], Counter)
         self.reloads = _as(built["reloads"], Counter)
         self.ready = _as(built["ready"], Gauge)
@@ -320,8 +415,6 @@ class Metrics:
             self.dns_lookups.labels(result)
         for failure in Failure:
             self.refusals.labels(failure.cause)
-        for direction in ("sent", "received"):
-            self.bytes.labels(direction)
         for result in ("applied", "refused"):
             self.reloads.labels(result)
         for qtype in DNS_QTYPES:
@@ -333,13 +426,6 @@ class Metrics:
             self.dns_shaped.labels(source)
         for outcome in DNS_RACE_OUTCOMES:
             self.dns_shape_races.labels(outcome)
-
-        # Label children of the per-tunnel series, bound once: labels() costs more than
-        # the increment (validation, a lock, a dictionary of tuples).
-        self._opened: dict[str, Counter] = {}
-        self._closed: dict[tuple[str, str], Counter] = {}
-        self._sent = self.bytes.labels("sent")
-        self._received = self.bytes.labels("received")
 
     def watch(
         self,
@@ -353,22 +439,20 @@ class Metrics:
         self.handshake_held.set_function(handshake_held)
 
     def tunnel_opened(self, protocol: str, connect_seconds: float) -> None:
-        child = self._opened.get(protocol)
-        if child is None:
-            child = self._opened[protocol] = self.tunnels_opened.labels(protocol)
-        child.inc()
-        self.tunnels_active.inc()
+        opened = self.tunnels_opened.values
+        key = (protocol,)
+        opened[key] = opened.get(key, 0.0) + 1
+        self.tunnels_active.values[()] += 1
         self.connect_seconds.observe(connect_seconds)
 
     def tunnel_closed(self, protocol: str, outcome: str, sent: int, received: int) -> None:
+        closed = self.tunnels_closed.values
         key = (protocol, outcome)
-        child = self._closed.get(key)
-        if child is None:
-            child = self._closed[key] = self.tunnels_closed.labels(protocol, outcome)
-        child.inc()
-        self.tunnels_active.dec()
-        self._sent.inc(sent)
-        self._received.inc(received)
+        closed[key] = closed.get(key, 0.0) + 1
+        self.tunnels_active.values[()] -= 1
+        moved = self.bytes.values
+        moved[("sent",)] += sent
+        moved[("received",)] += received
 
     def refused(self, error: ProxyError) -> None:
         """Count a refusal, and each failed connect attempt a DialError carries."""

@@ -389,9 +389,10 @@ class _Ledger:
         self.client = client
         self.host = host
         self.counted = False
-        # Set when a tunnel is being opened, and when its upstream is connected.
+        # Set when a tunnel is being opened, and when its upstream is connected. The target
+        # is kept as the Destination and spelled only when the access line is written.
         self.protocol = "-"
-        self.target = "-"
+        self.target: Destination | str = "-"
         self.started = 0.0
         self.connected = 0.0
         self.address = ""
@@ -407,13 +408,15 @@ class _Ledger:
         proxy = self.proxy
         outcome = proxy.tunnel_closed(tunnel, self.protocol)  # ops
         self.release()
+        if not access.isEnabledFor(logging.INFO):
+            return  # the line's fields are built only when it is written
         started = self.started
         event(
             access,
             "tunnel",
             client=self.client,
             protocol=self.protocol,
-            target=self.target,
+            target=str(self.target),
             address=self.address,
             via=self.via,
             connect_ms=round((self.connected - started) * 1000, 1),
@@ -565,7 +568,7 @@ class Client(asyncio.Protocol):
     async def _open(self, destination: Destination) -> None:
         session = self.session
         ledger = self.ledger
-        ledger.protocol, ledger.target = session.protocol, str(destination)
+        ledger.protocol, ledger.target = session.protocol, destination
         ledger.started = time.monotonic()
         tunnel = self.tunnel = Tunnel(ledger, self.proxy.buffers)
         pump = tunnel.upstream

@@ -112,17 +112,36 @@ def test_healthcheck_runs_the_healthcheck_command() -> None:
 
 def test_dependencies_come_from_the_hash_checked_lock() -> None:
     build = STAGES[0]
-    assert "deploy/container/requirements.lock ./" in build.all("COPY")
+    assert "deploy/container/requirements.lock deploy/container/compile.lock ./" in build.all(
+        "COPY"
+    )
     runs = build.all("RUN")
     locked = [run for run in runs if "-r requirements.lock" in run]
     assert len(locked) == 1
-    assert "--require-hashes" in locked[0]
-    assert "--only-binary :all:" in locked[0], "no compiler in a slim image"
+    for lock in ("requirements.lock", "compile.lock"):
+        command = locked[0].split(f"-r {lock}")[0].rsplit("pip install", 1)[1]
+        assert "--require-hashes" in command, lock
+        assert "--only-binary :all:" in command, f"{lock}: wheels only, no sdist compiled"
     project = [run for run in runs if "install" in run and " ." in run]
     assert len(project) == 1
     assert "--no-deps" in project[0], "nothing but the lock's pins"
     assert "--no-index" in project[0]
     assert "pip check" in project[0]
+
+
+def test_the_build_stage_compiles_the_pure_layers_and_leaves_the_compiler_behind() -> None:
+    """mypy goes to /opt/compile (outside the venv the final image copies), the package is
+    built with IPV4PROXY_MYPYC=1 (which fails rather than fall back to pure Python), and
+    the final stage installs no compiler."""
+    build = STAGES[0]
+    runs = build.all("RUN")
+    (compile_tools,) = [run for run in runs if "-r compile.lock" in run]
+    assert "--target /opt/compile" in compile_tools
+    (project,) = [run for run in runs if "install" in run and " ." in run]
+    assert "IPV4PROXY_MYPYC=1 PYTHONPATH=/opt/compile" in project
+    assert "rm -rf /opt/compile" in project
+    assert any("apt-get install" in run and "gcc" in run for run in runs)
+    assert not any("apt-get" in run for run in FINAL.all("RUN")), "no compiler in the image"
 
 
 def test_build_context_lets_in_what_copy_needs() -> None:

@@ -11,7 +11,8 @@ proxy; the test reaches the pod's published ports on 127.0.0.1.
   tunnel, HTTP forwarding and SOCKS5, each in the access log; `podman healthcheck run`
   healthy; `podman stop` drains (not ready, an open tunnel still served) and exits 0.
 - With flags (--admin-listen on another port): the HEALTHCHECK follows it.
-- The venv holds exactly the lock's versions, and no pip.
+- The venv holds exactly the lock's versions, and no pip; the pure layers setup.py compiles
+  are the compiled modules (mypyc, in the build stage), and no compiler or mypy is left.
 
 Cost: the base image and a cold build take about two minutes where nothing is cached;
 they run in the background while the rest of the suite runs (tests/deploy/conftest.py).
@@ -33,6 +34,7 @@ import pytest
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
+from helpers.compiled import compiled_modules
 from helpers.deploy import DEPLOY
 from helpers.podman import Podman
 from helpers.programs import run_curl
@@ -295,5 +297,24 @@ def test_venv_holds_the_locked_versions_and_no_pip(podman: Podman, image: str) -
     # No pip to run, no source tree left behind.
     assert not podman.run(
         ["run", "--rm", "--entrypoint", "sh", image, "-c", "ls /opt/ipv4proxy/bin/pip* /src"],
+        check=False,
+    ).stdout
+
+
+def test_the_image_runs_the_compiled_pure_layers(podman: Podman, image: str) -> None:
+    """The build stage compiles the modules setup.py lists (mypyc); the final image imports
+    those, and holds neither the compiler nor mypy."""
+    modules = compiled_modules()
+    script = (
+        "import importlib, sys\nfor n in sys.argv[1:]: print(importlib.import_module(n).__file__)"
+    )
+    done = podman.run(["run", "--rm", "--entrypoint", "python3", image, "-c", script, *modules])
+    files = done.stdout.split()
+    assert len(files) == len(modules)
+    for name, path in zip(modules, files, strict=True):
+        assert path.startswith("/opt/ipv4proxy/"), (name, path)
+        assert path.endswith(".so"), (name, path)
+    assert not podman.run(
+        ["run", "--rm", "--entrypoint", "sh", image, "-c", "command -v gcc cc; ls -d /opt/compile"],
         check=False,
     ).stdout

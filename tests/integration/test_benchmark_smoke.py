@@ -37,6 +37,8 @@ EXPECTED = {
     "idle_memory": ("per_tunnel_kib",),
     "black_hole": ("path_handshake_s", "handshake_s", "worst_handshake_s", "budget_s"),
     "workers": ("one_worker_per_second", "two_workers_per_second", "scaling"),
+    # The other proxies' rows: checked below (each one measured, or skipped with a note).
+    "peers": (),
 }
 
 pytestmark = NEEDS_LOADGEN
@@ -60,6 +62,11 @@ def test_smoke_run_reports_every_metric(tmp_path: Path) -> None:
     low, high = metrics["idle_memory"]["counts"]
     assert metrics["idle_memory"]["verified_live"] == [low, high]
     assert {t["metric"] for t in report["targets"]} == set(EXPECTED)
+    for rate in ("rate_http_connect", "rate_socks5"):
+        assert metrics[rate]["proxy_cpu_us_per_tunnel"] > 0  # a first-class figure
+    for peer in ("microsocks", "tinyproxy"):
+        row = metrics["peers"][peer]
+        assert "skipped" in row or (row["proxy_per_second"] > 0 and row["errors"] == 0), row
     assert (tmp_path / report_file.name.replace(".json", ".md")).is_file()
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers.metrics import samples, value
 from ipv4proxy.errors import DialError, Failure, PolicyDenied, ResolveError, UpstreamTimeout
-from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, Metrics
+from ipv4proxy.metrics import CLOSED_CUT, CLOSED_OK, PROTOCOLS, Metrics
 from ipv4proxy.net.resolver import LOOKUP_RESULTS
 
 
@@ -74,3 +78,102 @@ def test_no_created_series() -> None:
     metrics = Metrics()
     metrics.tunnel_opened("socks5", 0.01)
     assert "_created" not in metrics.render().decode()
+
+
+def _reference_page(events: list[tuple[str, tuple[object, ...]]]) -> bytes:
+    """The page prometheus-client's own Counter, Gauge and Histogram give for ``events``:
+    what the plain per-tunnel counts must render to, byte for byte."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from ipv4proxy.metrics import SERIES
+
+    registry = CollectorRegistry(auto_describe=True)
+    built: dict[str, Any] = {}
+    for series in SERIES:
+        names = [label.name for label in series.labels]
+        if series.kind == "counter":
+            built[series.attr] = Counter(series.name, series.help, names, registry=registry)
+        elif series.kind == "gauge":
+            built[series.attr] = Gauge(series.name, series.help, names, registry=registry)
+        else:
+            built[series.attr] = Histogram(
+                series.name, series.help, names, buckets=series.buckets, registry=registry
+            )
+    for series in SERIES:  # the label sets Metrics makes at start, in its order
+        for labels in _INITIAL.get(series.attr, ()):
+            built[series.attr].labels(*labels)
+    for name, args in events:
+        if name == "opened":
+            protocol, seconds = args
+            built["tunnels_opened"].labels(protocol).inc()
+            built["tunnels_active"].inc()
+            built["connect_seconds"].observe(seconds)
+        else:
+            protocol, outcome, sent, received = args
+            built["tunnels_closed"].labels(protocol, outcome).inc()
+            built["tunnels_active"].dec()
+            built["bytes"].labels("sent").inc(sent)
+            built["bytes"].labels("received").inc(received)
+    built["ready"].set(0)
+    for attr in ("connections_open", "relay_held", "handshake_held"):
+        built[attr].set_function(lambda: 7)
+    return generate_latest(registry)
+
+
+def _initial() -> dict[str, list[tuple[str, ...]]]:
+    from ipv4proxy.metrics import (
+        DNS_OUTCOMES,
+        DNS_QTYPES,
+        DNS_RACE_OUTCOMES,
+        DNS_SHAPE_SOURCES,
+        DNS_UPSTREAM_FAILURES,
+    )
+
+    return {
+        "dns_lookups": [(r,) for r in LOOKUP_RESULTS],
+        "refusals": [(f.cause,) for f in Failure],
+        "bytes": [("sent",), ("received",)],
+        "reloads": [("applied",), ("refused",)],
+        "dns_queries": [(q, o) for q in DNS_QTYPES for o in DNS_OUTCOMES],
+        "dns_upstream_failures": [(c,) for c in DNS_UPSTREAM_FAILURES],
+        "dns_shaped": [(s,) for s in DNS_SHAPE_SOURCES],
+        "dns_shape_races": [(o,) for o in DNS_RACE_OUTCOMES],
+    }
+
+
+_INITIAL = _initial()
+
+
+# Connect times on, between and beyond the bucket bounds (0.005 exactly falls in le="0.005").
+_SECONDS = st.sampled_from([0.0, 0.001, 0.005, 0.0051, 0.25, 0.3, 10.0, 12.5, 1e-9])
+_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("opened"), st.tuples(st.sampled_from(PROTOCOLS), _SECONDS)),
+        st.tuples(
+            st.just("closed"),
+            st.tuples(
+                st.sampled_from(PROTOCOLS),
+                st.sampled_from([CLOSED_OK, CLOSED_CUT, Failure.IDLE_TIMEOUT.cause]),
+                st.integers(0, 2**40),
+                st.integers(0, 2**40),
+            ),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@given(_EVENTS)
+def test_page_is_what_prometheus_client_renders(
+    events: list[tuple[str, tuple[object, ...]]],
+) -> None:
+    """The per-tunnel series are plain numbers folded in at render time; the page must not
+    change by a byte (series, label order, values, le spelling) against prometheus-client."""
+    metrics = Metrics()
+    metrics.watch(lambda: 7, lambda: 7, lambda: 7)
+    for name, args in events:
+        if name == "opened":
+            metrics.tunnel_opened(*args)  # type: ignore[arg-type]
+        else:
+            metrics.tunnel_closed(*args)  # type: ignore[arg-type]
+    assert metrics.render() == _reference_page(events)
