@@ -56,7 +56,7 @@ from ipv4proxy.config import (
 from ipv4proxy.doctor import diagnose, render_text
 from ipv4proxy.errors import ConfigError, ProtocolError
 from ipv4proxy.healthcheck import loopback_for, probe, running_proxy
-from ipv4proxy.log import lean_records, lifecycle, setup_logging
+from ipv4proxy.log import lean_records, lifecycle, reload_refused, setup_logging
 from ipv4proxy.net.dnslisten import (
     DnsListener,
     effective_upstreams,
@@ -249,13 +249,7 @@ def reload(
             dns_listener.reload(new)
     except ConfigError as exc:
         proxy.metrics.reloads.labels("refused").inc()
-        lifecycle(
-            log,
-            "reload_refused",
-            f"reload refused, the running configuration stays: {exc}",
-            logging.ERROR,
-            reason=str(exc),
-        )
+        reload_refused(log, exc)
         return False
     setup_logging(new.log.level, new.log.format, access=new.log.access)
     proxy.metrics.reloads.labels("applied").inc()

@@ -40,6 +40,7 @@ __all__ = [
     "lean_records",
     "lifecycle",
     "parse_fields",
+    "reload_refused",
     "setup_logging",
     "unescape",
 ]
@@ -188,6 +189,12 @@ def lifecycle(
 ) -> None:
     """Log a lifecycle line: ``message`` for people, ``name`` and ``fields`` for JSON."""
     logger.log(level, "%s", message, extra={"event": name, "fields": fields, "with_message": True})
+
+
+def reload_refused(logger: logging.Logger, error: Exception) -> None:
+    """The one line of a SIGHUP whose configuration is refused (one process or a pod)."""
+    message = f"reload refused, the running configuration stays: {error}"
+    lifecycle(logger, "reload_refused", message, logging.ERROR, reason=str(error))
 
 
 def utc_time(record: logging.LogRecord) -> str:

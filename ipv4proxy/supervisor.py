@@ -41,7 +41,7 @@ from ipv4proxy import podmetrics
 from ipv4proxy.admin import Admin
 from ipv4proxy.config import Config, changed_keys
 from ipv4proxy.errors import ConfigError
-from ipv4proxy.log import lifecycle, setup_logging
+from ipv4proxy.log import lifecycle, reload_refused, setup_logging
 from ipv4proxy.workers import CUT_SIGNAL, ROLE_ENV, WorkerRole, shared
 
 __all__ = ["Supervisor", "backoff", "exit_status"]
@@ -405,13 +405,7 @@ class Supervisor:
             shared(new, self.count, 0)
         except ConfigError as exc:
             self.reloads["refused"] += 1
-            lifecycle(
-                log,
-                "reload_refused",
-                f"reload refused, the running configuration stays: {exc}",
-                logging.ERROR,
-                reason=str(exc),
-            )
+            reload_refused(log, exc)
             return
         self.config = new
         self.reloads["applied"] += 1
