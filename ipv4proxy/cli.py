@@ -359,6 +359,13 @@ async def run(
         await dns_listener.close()
     if admin is not None:
         await admin.close()
+    # Drained: a stop signal from here to the exit has nothing left to stop, and must not
+    # kill the process by the default action as the loop closes (systemd sends SIGTERM to
+    # every process of the unit; a worker gets the supervisor's too) and turn a clean exit
+    # into "killed by SIGTERM".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     lifecycle(log, "stopped", f"stopped; {_connections(cut)} cut", cut=cut)
     return 1 if force.is_set() else 0
 

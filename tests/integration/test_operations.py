@@ -206,6 +206,18 @@ async def test_grace_period_end_cuts_what_is_left(
     assert fields["outcome"] == "cut", fields
 
 
+async def test_a_stop_signal_after_the_drain_is_ignored(proxy_factory: ProxyFactory) -> None:
+    """systemd signals every process of a unit (and a worker also gets its supervisor's):
+    a SIGTERM that lands once the drain is over, while the process exits, leaves the exit
+    status 0 instead of killing it by the default action."""
+    proxy = proxy_factory(())
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGTERM)
+    await wait_line(proxy, "stopped; 0 connections cut", mark)
+    proxy.send_signal(signal.SIGTERM)  # a no-op if it has exited already
+    assert await wait_exit(proxy) == 0
+
+
 async def test_second_signal_exits_at_once(
     proxy_factory: ProxyFactory, servers: TestServers
 ) -> None:
