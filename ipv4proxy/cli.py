@@ -281,8 +281,11 @@ async def run(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     force = asyncio.Event()
+    drained = asyncio.Event()
 
     def on_stop(signum: signal.Signals) -> None:
+        if drained.is_set():
+            return  # taken from the loop after the drain: nothing left to stop
         # A worker takes every SIGTERM/SIGINT as one stop: one sent to the whole group
         # (systemd's default KillMode) and the supervisor's own must not cut its tunnels;
         # the supervisor asks for the cut with CUT_SIGNAL.
@@ -360,10 +363,15 @@ async def run(
     if admin is not None:
         await admin.close()
     # Drained: a stop signal from here to the exit has nothing left to stop, and must not
-    # kill the process by the default action as the loop closes (systemd sends SIGTERM to
-    # every process of the unit; a worker gets the supervisor's too) and turn a clean exit
-    # into "killed by SIGTERM".
+    # kill the process by the default action once the closing loop has dropped its
+    # handlers (systemd sends SIGTERM to every process of the unit; a worker gets the
+    # supervisor's too). Ignored first, while the loop's handler takes what is pending
+    # (changing a handler with a signal pending and no Python handler makes CPython
+    # report "ignored due to race condition"), then taken from the loop, which would put
+    # the default action back when it closes, then ignored again.
+    drained.set()
     for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
     lifecycle(log, "stopped", f"stopped; {_connections(cut)} cut", cut=cut)
