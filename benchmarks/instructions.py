@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.procs import ROOT, free_port
+from benchmarks.procs import ROOT, free_port, stop_child
 from benchmarks.suite import HOSTS
 
 WARM_UP = 300
@@ -113,15 +113,6 @@ def _total(workdir: Path, port: int, pid: int) -> int:
     raise RuntimeError(f"no totals in {dumps[-1]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
-
-
 async def measure(tree: Path, proto: str, count: int, workdir: Path) -> float:
     """Instructions per tunnel of the proxy in ``tree``."""
     server = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -145,7 +136,7 @@ async def measure(tree: Path, proto: str, count: int, workdir: Path) -> float:
         _callgrind(process.pid, "-d")
         return _total(workdir, port, process.pid) / count
     finally:
-        _stop(process)
+        stop_child(process, 30.0)  # callgrind writes its dump on the way out
         server.close()
         # The echo handlers end on the stopped proxy's resets: give them the loop turns,
         # rather than have asyncio.run() cancel them mid-read.

@@ -32,6 +32,7 @@ __all__ = [
     "free_port",
     "rss_kib",
     "rss_peak_kib",
+    "stop_child",
     "udp_sockets",
 ]
 
@@ -315,21 +316,21 @@ class Procs:
         try:
             yield Holder(process, timeout)
         finally:
-            _stop(process)
+            stop_child(process)
             self.started.remove(process)
 
     def stop(self, pid: int) -> None:
         """Stop one process this object started, by its PID (others are left alone)."""
         for process in self.started:
             if process.pid == pid:
-                _stop(process)
+                stop_child(process)
                 self.started.remove(process)
                 return
         raise ValueError(f"process {pid} was not started here")
 
     def close(self) -> None:
         for process in reversed(self.started):
-            _stop(process)
+            stop_child(process)
         self.started.clear()
 
 
@@ -363,17 +364,17 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
     return process.stdout.readline().strip()
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    """Stop one child we started: close its stdin, SIGTERM, then SIGKILL after 5 s."""
+def stop_child(process: subprocess.Popen[Any], seconds: float = 5.0) -> None:
+    """Stop one child we started: close its stdin, SIGTERM, then SIGKILL after ``seconds``."""
     if process.stdin is not None:
         with contextlib.suppress(OSError):
             process.stdin.close()
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(5.0)
+            process.wait(seconds)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(5.0)
+            process.wait(seconds)
     if process.stdout is not None:
         process.stdout.close()

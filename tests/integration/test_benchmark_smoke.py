@@ -13,27 +13,21 @@ import pytest
 
 from helpers.bench import NEEDS_LOADGEN, ROOT, run_module
 
+_RATE = (
+    "direct_per_second",
+    "proxy_per_second",
+    "handshake_p50_us",
+    "handshake_p99_us",
+    "proxy_cpu_pct",
+    "loadgen_cpu_pct",
+)
 # metric -> fields that must be positive numbers in any run that worked
 EXPECTED = {
     "throughput_1": ("direct_bytes_per_second", "proxy_bytes_per_second", "ratio"),
     "throughput_8": ("direct_bytes_per_second", "proxy_bytes_per_second", "ratio"),
     "round_trip": ("direct_p50_us", "direct_p99_us", "proxy_p50_us", "proxy_p99_us"),
-    "rate_http_connect": (
-        "direct_per_second",
-        "proxy_per_second",
-        "handshake_p50_us",
-        "handshake_p99_us",
-        "proxy_cpu_pct",
-        "loadgen_cpu_pct",
-    ),
-    "rate_socks5": (
-        "direct_per_second",
-        "proxy_per_second",
-        "handshake_p50_us",
-        "handshake_p99_us",
-        "proxy_cpu_pct",
-        "loadgen_cpu_pct",
-    ),
+    "rate_http_connect": _RATE,
+    "rate_socks5": _RATE,
     "idle_memory": ("per_tunnel_kib",),
     "black_hole": ("path_handshake_s", "handshake_s", "worst_handshake_s", "budget_s"),
     "workers": ("one_worker_per_second", "two_workers_per_second", "scaling"),
